@@ -1,0 +1,135 @@
+"""The `ppf` command: the user's front door.
+
+Each command is a thin shell over library functions; a :class:`PPFError` becomes one red line on
+stderr and exit status 2, so scripts can rely on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ppf.errors import PPFError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ppf — predictive pruning of Llama-family LLMs.")
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded model name (smollm2-135m) or a local directory")]
+ParamsOpt = Annotated[Path, typer.Option("--params", help="the project's params.yaml")]
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+@app.command()
+def info(model: ModelOpt = "smollm2-135m",
+         as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False) -> None:
+    """Print a model's architecture: layers, heads, KV heads, head_dim, MLP size, parameters."""
+    from ppf.arch import describe_config
+    from ppf.models import load_config
+
+    arch = describe_config(load_config(model))
+    data = dataclasses.asdict(arch)
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table(title=f"{model}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("model type", arch.model_type),
+        ("layers", str(arch.n_layers)),
+        ("hidden size", str(arch.hidden)),
+        ("attention heads", str(arch.n_heads)),
+        ("KV heads", f"{arch.n_kv_heads} ({'GQA' if arch.n_kv_heads < arch.n_heads else 'MHA'})"),
+        ("head_dim", str(arch.head_dim)),
+        ("MLP size", str(arch.intermediate)),
+        ("vocab", _fmt_int(arch.vocab)),
+        ("tied embeddings", str(arch.tied_embeddings)),
+        ("attention bias", str(arch.attention_bias)),
+        ("params: embedding", _fmt_int(arch.embedding_params)),
+        ("params: blocks", _fmt_int(arch.block_params)),
+        ("params: other", _fmt_int(arch.other_params)),
+        ("params: total", _fmt_int(arch.total_params)),
+    ]
+    if not arch.uniform:
+        rows += [("heads per layer", " ".join(map(str, arch.heads_per_layer))),
+                 ("KV heads per layer", " ".join(map(str, arch.kv_heads_per_layer))),
+                 ("MLP per layer", " ".join(map(str, arch.intermediate_per_layer)))]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+
+
+@app.command(name="eval")
+def eval_(model: ModelOpt = "smollm2-135m",
+          params: ParamsOpt = Path("params.yaml"),
+          data: Annotated[Path, typer.Option(help="the prepared data directory (from `dvc repro prepare`)")] = Path("data"),
+          splits: Annotated[str, typer.Option(help="comma-separated corpus splits")] = "valid,test",
+          zero_shot: Annotated[bool, typer.Option("--zero-shot/--no-zero-shot", help="also run the lm-eval tasks")] = False,
+          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Perplexity on the corpus splits (and zero-shot accuracy) of a model."""
+    from ppf.config import load_params
+    from ppf.evaluate import evaluate_model
+
+    p = load_params(params)
+    result = evaluate_model(model, data, p.eval, splits=[s.strip() for s in splits.split(",") if s.strip()],
+                            zero_shot_tasks=zero_shot)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    table = Table(title=f"{model}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for split, v in result["perplexity"].items():
+        table.add_row(f"perplexity ({split}, seqlen {p.eval.seqlen}, {v['tokens']:,} tokens)", f"{v['ppl']:.3f}")
+    for task, v in result.get("zero_shot", {}).items():
+        if task == "mean":
+            table.add_row("zero-shot mean acc / acc_norm", f"{v['acc']:.4f} / {v['acc_norm']:.4f}")
+            continue
+        table.add_row(f"zero-shot {task} acc / acc_norm", f"{v['acc']:.4f} / {v['acc_norm']:.4f}")
+    table.add_row("seconds", f"{result['seconds']:.1f}")
+    out.print(table)
+
+
+@app.command(name="params")
+def params_(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Validate params.yaml and print the full, typed configuration (defaults filled in)."""
+    from ppf.config import load_params
+
+    out.print_json(load_params(params).model_dump_json())
+
+
+def main() -> None:
+    """Entry point: run the app, turning PPFError into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except PPFError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

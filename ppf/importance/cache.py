@@ -1,0 +1,63 @@
+"""Importance scores on disk: ``<prefix>.json`` (layer H + meta) and ``<prefix>.safetensors`` (units).
+
+Scoring the base model is the only step that runs the model over calibration data, and every policy
+the agent tries reuses it, so it is computed once and cached. The two files are written atomically
+and tied together by a digest of the JSON payload stored in the safetensors metadata: a pair left
+mismatched by a crash between the two writes, or a hand-edited file, is reported, not silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppf.errors import PPFError
+from ppf.io import write_json_atomic, write_tensors_atomic
+
+
+def _paths(prefix: str | Path) -> tuple[Path, Path]:
+    # append, don't use with_suffix: a prefix like "smollm2-135m.c4" must keep its dot
+    return Path(f"{prefix}.json"), Path(f"{prefix}.safetensors")
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_importance(path_prefix: str | Path, layer: dict[str, list[float]], units: dict[str, torch.Tensor],
+                    meta: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write both files (units first, so a present JSON always comes with its tensors)."""
+    js, st = _paths(path_prefix)
+    payload = json.loads(json.dumps({"layer": {k: [float(x) for x in v] for k, v in layer.items()},
+                                     "meta": dict(meta or {})}, default=str))
+    digest = _digest(payload)
+    tensor_meta = {k: json.dumps(v) for k, v in payload["meta"].items()} | {"ppf_digest": digest}
+    write_tensors_atomic(st, {k: v.detach().float().cpu() for k, v in units.items()}, tensor_meta)
+    write_json_atomic(js, payload | {"digest": digest})
+    return js, st
+
+
+def load_importance(path_prefix: str | Path) -> tuple[dict[str, list[float]], dict[str, torch.Tensor], dict[str, Any]]:
+    """(layer, units, meta) as saved; PPFError when a file is missing, unreadable or mismatched."""
+    from safetensors import safe_open
+
+    js, st = _paths(path_prefix)
+    fix = "delete both files and recompute the importance scores"
+    for p in (js, st):
+        if not p.is_file():
+            raise PPFError(f"importance cache file {p} is missing; recompute the importance scores")
+    try:
+        data = json.loads(js.read_text())
+        layer, meta, digest = data["layer"], data["meta"], data["digest"]
+        with safe_open(str(st), framework="pt") as f:
+            units = {k: f.get_tensor(k) for k in f.keys()}
+            stored = (f.metadata() or {}).get("ppf_digest")
+    except Exception as exc:  # any parse error means the same thing to the user
+        raise PPFError(f"importance cache {path_prefix} is corrupt ({type(exc).__name__}); {fix}") from exc
+    if stored != digest or _digest({"layer": layer, "meta": meta}) != digest:
+        raise PPFError(f"importance cache {js} and {st.name} do not match each other; {fix}")
+    return layer, units, meta

@@ -1,0 +1,143 @@
+"""Layer importance H: one float per decoder layer, HIGHER = MORE IMPORTANT, for every method.
+
+The policy (paper Eqs. 4-5) prunes layer i by S_i = S_tar + eta * (mean(H) - H_i), i.e. less where
+H is high, so each method below is oriented to make "high H" mean "keep more here":
+
+  lod      OWL (Yin et al. 2024): fraction of Wanda scores |W_ij| * ||X_j||_2 over the block's
+           seven linears that exceed M x their layer mean. Layers with more outlier features
+           are the ones OWL keeps denser, so H = LOD.
+  esd      AlphaPruning (Lu et al. 2024): the power-law exponent alpha of each weight matrix's
+           eigenvalue spectrum (ESD of W^T W), averaged over the block. A heavier tail (LOWER
+           alpha) means a better-trained, more important layer, so H = -alpha. Needs no data.
+  bi       ShortGPT (Men et al. 2025): Block Influence 1 - mean_t cos(h_in, h_out). A block that
+           barely changes its input is redundant, so H = BI.
+  uniform  zeros: every layer gets the target ratio.
+
+Everything that needs activations is gathered in one no-grad sweep (:mod:`ppf.importance.stats`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ppf.arch import LayerView, layers
+from ppf.errors import PPFError
+from ppf.importance.stats import LayerStats, collect
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ---- lod: OWL's layerwise outlier distribution ----------------------------------------------------
+def lod(views: list[LayerView], stats: list[LayerStats], outlier_m: float = 5.0, **_: Any) -> list[float]:
+    """Per layer: the fraction of Wanda scores above ``outlier_m`` x the layer's mean score."""
+    out = []
+    for view, st in zip(views, stats):
+        scores = [getattr(view, n).weight.detach().float().abs() * st.input_norm(n)[None, :] for n in LINEARS]
+        numel = sum(s.numel() for s in scores)
+        threshold = outlier_m * sum(s.sum() for s in scores) / numel
+        out.append(float(sum((s > threshold).sum() for s in scores)) / numel)
+    return out
+
+
+# ---- esd: AlphaPruning's heavy-tail exponent ------------------------------------------------------
+def hill_alpha(eigs: torch.Tensor, max_candidates: int = 256) -> float:
+    """Power-law exponent alpha of the tail of ``eigs`` (density ~ lambda^-alpha), WeightWatcher-style.
+
+    For a candidate x_min = lambda_i the Hill / maximum-likelihood estimate over the n eigenvalues
+    >= x_min is alpha = 1 + n / sum log(lambda / x_min); x_min is the candidate whose fitted CDF
+    1 - (lambda / x_min)^(1 - alpha) is closest to the empirical tail CDF in Kolmogorov-Smirnov
+    distance. All candidates are scored at once as a [candidates, N] matrix (at most
+    ``max_candidates``, evenly spaced, so a 4096-wide matrix costs the same as a 576-wide one).
+    """
+    lam = eigs.detach().double().flatten().sort().values
+    lam = lam[lam > lam[-1] * 1e-12] if lam.numel() else lam  # numerically zero eigenvalues carry no tail
+    n_eig = lam.numel()
+    if n_eig < 3:
+        return float("nan")
+    log = lam.log()
+    cand = torch.arange(n_eig - 1)  # the tail keeps >= 2 points
+    if cand.numel() > max_candidates:
+        cand = torch.linspace(0, n_eig - 2, max_candidates).round().long().unique()
+    n = (n_eig - cand).double()
+    suffix = log.flip(0).cumsum(0).flip(0)  # suffix[i] = sum_{k >= i} log lambda_k
+    denom = suffix[cand] - n * log[cand]
+    alpha = 1 + n / denom.clamp_min(1e-300)
+    j = torch.arange(n_eig)[None, :] - cand[:, None]  # position inside each candidate's tail
+    fitted = 1 - torch.exp((1 - alpha[:, None]) * (log[None, :] - log[cand][:, None]))
+    ks = torch.where(j >= 0, (fitted - j / n[:, None]).abs(), 0.0).amax(dim=1)
+    ks = torch.where((denom > 0) & (alpha > 1), ks, math.inf)
+    return float(alpha[ks.argmin()])
+
+
+def matrix_alpha(weight: torch.Tensor, max_candidates: int = 256) -> float:
+    """alpha of one weight matrix: its ESD is the squared singular values (eigenvalues of W^T W)."""
+    sv = torch.linalg.svdvals(weight.detach().float())
+    return hill_alpha(sv.double().square(), max_candidates)
+
+
+def esd(views: list[LayerView], stats: Any = None, **_: Any) -> list[float]:
+    """Per layer: minus the mean alpha of its seven matrices (low alpha = heavy tail = important)."""
+    return [-sum(matrix_alpha(getattr(v, n).weight) for n in LINEARS) / len(LINEARS) for v in views]
+
+
+# ---- bi: ShortGPT's block influence, and the uniform baseline -------------------------------------
+def bi(views: list[LayerView], stats: list[LayerStats], **_: Any) -> list[float]:
+    return [st.bi for st in stats]
+
+
+def uniform(views: list[LayerView], stats: Any = None, **_: Any) -> list[float]:
+    return [0.0 for _ in views]
+
+
+# ---- registry and entry point ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    fn: Callable[..., list[float]]
+    norms: bool = False  # needs ||X_j|| of every linear input
+    cosine: bool = False  # needs block input/output cosines
+
+
+METHODS: dict[str, Method] = {
+    "lod": Method(lod, norms=True),
+    "esd": Method(esd),
+    "bi": Method(bi, cosine=True),
+    "uniform": Method(uniform),
+}
+
+
+def check_methods(methods: Sequence[str] | str) -> list[str]:
+    names = [methods] if isinstance(methods, str) else list(methods)
+    for name in names:
+        if name not in METHODS:
+            raise PPFError(f"unknown layer-importance method '{name}'; use one of {', '.join(METHODS)}")
+    return names
+
+
+def layer_importance(model: nn.Module, calib: torch.Tensor | None = None,
+                     methods: Sequence[str] | str = ("lod", "esd", "bi", "uniform"),
+                     outlier_m: float = 5.0, batch_size: int = 4) -> dict[str, list[float]]:
+    """{method: [H_0, ..., H_{L-1}]}, higher = more important; one calibration sweep for all methods.
+
+    ``calib`` is a LongTensor [N, L] of token ids; it may be None when only ``esd``/``uniform`` are asked.
+    """
+    names = check_methods(methods)
+    if not outlier_m > 0:
+        raise PPFError(f"outlier_m must be > 0 (OWL uses 5), got {outlier_m}")
+    if batch_size < 1:
+        raise PPFError(f"batch_size must be >= 1, got {batch_size}")
+    views = layers(model)
+    norms = any(METHODS[n].norms for n in names)
+    cosine = any(METHODS[n].cosine for n in names)
+    stats = None
+    if norms or cosine:
+        if calib is None:
+            raise PPFError(f"methods {', '.join(n for n in names if METHODS[n].norms or METHODS[n].cosine)} "
+                           "need calibration tokens; pass calib=LongTensor[N, L]")
+        stats = collect(model, views, calib, batch_size=batch_size, norms=norms, cosine=cosine)
+    return {n: [float(h) for h in METHODS[n].fn(views, stats, outlier_m=outlier_m)] for n in names}

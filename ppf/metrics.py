@@ -1,0 +1,129 @@
+"""Perplexity, computed the way the pruning literature reports it.
+
+SparseGPT, Wanda and LLM-Pruner all evaluate WikiText-2 the same way: concatenate the test split,
+cut it into non-overlapping windows of ``seqlen`` tokens (the incomplete tail is dropped), score
+every window independently (no context carried over), and report exp of the mean token NLL. We
+follow that convention exactly so ppf numbers are comparable with published tables.
+
+Memory: the logits of one batch ([batch, seqlen, vocab]) are the largest tensor; they are made
+once by the model, and the fp32 log-softmax is then taken one window at a time, so the fp32 copy
+never exceeds [seqlen, vocab].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ppf.errors import PPFError
+
+
+def windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    """``tokens`` (1-D) as a [n, seqlen] view of non-overlapping windows, tail dropped."""
+    if seqlen < 2:
+        raise PPFError(f"seqlen {seqlen} is too small; use seqlen >= 2 (a window needs a next token)")
+    if tokens.dim() != 1:
+        raise PPFError(f"tokens must be a 1-D tensor of ids, got shape {tuple(tokens.shape)}; flatten it first")
+    n = tokens.numel() // seqlen
+    if n == 0:
+        raise PPFError(f"only {tokens.numel()} tokens for seqlen {seqlen}; use more text or a smaller seqlen")
+    if max_windows is not None:
+        if max_windows < 1:
+            raise PPFError(f"max_windows {max_windows} must be >= 1 (or None for all windows)")
+        n = min(n, max_windows)
+    return tokens[: n * seqlen].view(n, seqlen)
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, tokens: torch.Tensor, seqlen: int, batch_size: int = 1,
+               max_windows: int | None = None) -> float:
+    """exp(mean next-token NLL) over non-overlapping ``seqlen`` windows of ``tokens``.
+
+    Each window contributes ``seqlen - 1`` predictions (the first token has no context). The model
+    is put in eval mode for the pass and restored afterwards, so a model mid-fine-tuning is
+    scored without dropout.
+    """
+    if batch_size < 1:
+        raise PPFError(f"batch_size {batch_size} must be >= 1")
+    data = windows(tokens.long(), seqlen, max_windows)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: no per-window sync
+    count = 0
+    try:
+        for start in range(0, data.shape[0], batch_size):
+            batch = data[start:start + batch_size].to(device)
+            logits = model(batch, use_cache=False).logits
+            for row in range(batch.shape[0]):  # fp32 log-softmax one window at a time
+                nll += F.cross_entropy(logits[row, :-1].float(), batch[row, 1:], reduction="sum").double()
+                count += seqlen - 1
+            del logits
+    finally:
+        model.train(was_training)
+    return math.exp(nll.item() / count)
+
+
+# ---- Jensen-Shannon divergence of the next-token distributions -----------------------------------
+#
+# PPF's reward and the predictor's target. JS(P||Q) = ½ KL(P||M) + ½ KL(Q||M), M = ½(P+Q), in
+# NATS (natural log, so 0 <= JS <= ln 2 ≈ 0.693), computed in fp32 on the full vocabulary at every
+# position of the held-out tokens, then averaged over all positions (tokens × windows). P is the
+# dense model, Q the pruned one. The dense side is the same for every policy, so it is computed
+# once (:func:`next_token_logprobs`) and reused; only the pruned model runs per evaluation.
+
+def js_per_token(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """JS divergence (nats) per position from two log-probability tensors [..., vocab]."""
+    logp, logq = logp.float(), logq.float()
+    logm = torch.logaddexp(logp, logq) - math.log(2.0)
+    kl_pm = (logp.exp() * (logp - logm)).sum(-1)
+    kl_qm = (logq.exp() * (logq - logm)).sum(-1)
+    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
+
+
+@torch.no_grad()
+def next_token_logprobs(model: nn.Module, tokens: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """fp32 log-softmax of the model's logits for a [n, seqlen] token batch → [n, seqlen, vocab]."""
+    if tokens.dim() != 2:
+        raise PPFError(f"tokens must be [n, seqlen], got shape {tuple(tokens.shape)}")
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, tokens.shape[0], batch_size):
+        logits = model(tokens[start:start + batch_size].to(device), use_cache=False).logits
+        out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def js_divergence(reference: torch.Tensor | nn.Module, model: nn.Module, tokens: torch.Tensor,
+                  batch_size: int = 4) -> float:
+    """Mean per-token JS divergence (nats) between ``reference`` and ``model`` on ``tokens`` [n, L].
+
+    ``reference`` is the dense model, or its precomputed :func:`next_token_logprobs` on the same
+    tokens (the fast path when many pruned variants are compared against one base).
+    """
+    if tokens.dim() != 2:
+        raise PPFError(f"tokens must be [n, seqlen], got shape {tuple(tokens.shape)}")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start:start + batch_size]
+        if isinstance(reference, torch.Tensor):
+            logp = reference[start:start + batch_size]
+        else:
+            logp = next_token_logprobs(reference, batch, batch_size)
+        logq = torch.log_softmax(model(batch.to(device), use_cache=False).logits.float(), dim=-1).cpu()
+        js = js_per_token(logp, logq)
+        total += js.double().sum().item()
+        count += js.numel()
+    return total / count
+
+
+def ppr(js: float, actual_ratio: float) -> float:
+    """PPF's Performance-to-Pruning Ratio (Eq. 6): JS / r_act; the agent's reward is −PPR."""
+    if actual_ratio <= 0:
+        raise PPFError(f"actual ratio {actual_ratio} must be > 0 to compute PPR")
+    return js / actual_ratio

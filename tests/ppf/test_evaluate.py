@@ -1,0 +1,73 @@
+"""ppf.evaluate: zero-shot accuracy through lm-eval, end to end on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny import WORDS, make_llama
+from ppf.data.tasks import build_tasks
+from ppf.errors import PPFError
+from ppf.evaluate import chance_level, zero_shot
+
+
+def words(i: int, n: int) -> str:
+    """``n`` vocabulary words, different for each ``i``: the tiny model sees no <unk> choices."""
+    return " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(n))
+
+
+@pytest.fixture
+def tasks_dir(tmp_path):
+    social = {"examples": [{"input": words(i, 6),
+                            "target_scores": {words(i + 1 + j, 3): int(j == i % 3)
+                                              for j in range(3)}} for i in range(12)]}
+    hyper = {"examples": [{"input": f'Which sentence has the correct adjective order: '
+                                    f'a " {words(i, 3)} " b " {words(i + 5, 3)} " ?',
+                           "target_scores": {"a": i % 2, "b": 1 - i % 2}} for i in range(8)]}
+    build_tasks({"social_iqa": social, "hyperbaton": hyper}, ["social_iqa", "hyperbaton"],
+                limit=10, seed=0, out_dir=tmp_path / "tasks")
+    return tmp_path / "tasks"
+
+
+def test_zero_shot_runs_through_lm_eval(tasks_dir, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # relative data_files would break here; ours are rendered absolute
+    model, tok = make_llama(4, 2)
+    model.train()
+    rng = torch.get_rng_state()
+    first = zero_shot(model, tok, tasks_dir, batch_size=4)
+    assert model.training  # the caller's mode is restored
+    assert torch.equal(rng, torch.get_rng_state())  # lm-eval's seeding did not touch ours
+    assert set(first) == {"social_iqa", "hyperbaton", "mean"}
+    assert first["social_iqa"]["n"] == 10 and first["hyperbaton"]["n"] == 8
+    for name in ("social_iqa", "hyperbaton"):
+        assert 0 <= first[name]["acc"] <= 1 and 0 <= first[name]["acc_norm"] <= 1
+    assert first["mean"]["acc"] == pytest.approx(
+        (first["social_iqa"]["acc"] + first["hyperbaton"]["acc"]) / 2)
+    again = zero_shot(model, tok, tasks_dir, names=["hyperbaton", "social_iqa"], batch_size=2)
+    assert again["social_iqa"] == first["social_iqa"]
+    assert again["hyperbaton"] == first["hyperbaton"]
+
+
+def test_zero_shot_limit_and_names(tasks_dir, tmp_path):
+    model, tok = make_llama(4, 4, layers=1)
+    out = zero_shot(model, tok, tasks_dir, names=["social_iqa"], limit=3)
+    assert set(out) == {"social_iqa", "mean"} and out["social_iqa"]["n"] == 3
+    # Same task name, other directory: lm-eval must read the new data, not a cached copy.
+    other = tmp_path / "other"
+    other.mkdir()
+    for suffix in (".yaml", ".jsonl"):
+        lines = (tasks_dir / f"social_iqa{suffix}").read_text().splitlines(keepends=True)
+        (other / f"social_iqa{suffix}").write_text("".join(lines[:5] if suffix == ".jsonl"
+                                                           else lines))
+    assert zero_shot(model, tok, other)["social_iqa"]["n"] == 5
+
+
+def test_zero_shot_rejects_unbuilt_tasks(tasks_dir):
+    model, tok = make_llama(4, 4, layers=1)
+    with pytest.raises(PPFError, match="'goal_step_wikihow' is not built"):
+        zero_shot(model, tok, tasks_dir, names=["goal_step_wikihow"])
+
+
+def test_chance_level(tasks_dir):
+    assert chance_level(tasks_dir, "social_iqa") == pytest.approx(1 / 3)
+    assert chance_level(tasks_dir, "hyperbaton") == pytest.approx(1 / 2)

@@ -1,0 +1,88 @@
+"""Tiny random Llama-family models (MHA and GQA) and a tiny tokenizer, for tests.
+
+Everything is built in-process, offline, in well under a second, so unit tests never touch the
+real SmolLM2 (that is what ``-m slow`` tests are for).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "the of and to in is was for on as with by he at from his an were are which this be or "
+    "has had it not first one their its new after who they have her she two been other when "
+    "there all during into school time may years more most only over city some world would "
+    "where later up such used many can state about national out known university united then "
+    "made american well also however between both several game under being most part team"
+).split()
+
+SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def make_tokenizer():
+    """A whitespace word-level fast tokenizer over ~120 common English words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + sorted(set(WORDS)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+
+
+def make_text(n_words: int, seed: int = 0) -> str:
+    """Deterministic pseudo-text from the tiny vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(WORDS), (n_words,), generator=g).tolist()
+    return " ".join(WORDS[i] for i in idx)
+
+
+def make_llama(n_heads: int, n_kv_heads: int, *, layers: int = 3, seed: int = 0, bias: bool = False,
+               model_type: str = "llama"):
+    """A tiny random Llama/Mistral/Qwen2 causal LM (hidden 64, head_dim 16, MLP 96)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    tok = make_tokenizer()
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        head_dim=16,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    if model_type == "llama":
+        cfg = transformers.LlamaConfig(attention_bias=bias, **common)
+        model = transformers.LlamaForCausalLM(cfg)
+    elif model_type == "mistral":
+        cfg = transformers.MistralConfig(**common)
+        model = transformers.MistralForCausalLM(cfg)
+    elif model_type == "qwen2":
+        cfg = transformers.Qwen2Config(**common)
+        model = transformers.Qwen2ForCausalLM(cfg)
+    else:  # pragma: no cover - a typo in a test
+        raise ValueError(model_type)
+    # Random init gives near-uniform logits; scale the weights a little so the tiny model has
+    # real structure (different heads/layers matter differently), as a trained model would.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(3.0)
+    return model.eval(), tok
+
+
