@@ -18,11 +18,11 @@ from ppf.io import write_json_atomic
 
 
 @task
-def evaluate(model: str, data_dir: str, eval_params: dict) -> dict:
-    from ppf.config import EvalParams
+def evaluate(model: str, root: str, params_path: str) -> dict:
     from ppf.evaluate import evaluate_model
 
-    return evaluate_model(model, Path(data_dir), EvalParams(**eval_params), splits=["valid", "test"], zero_shot_tasks=True)
+    params = load_params(Path(root) / params_path)
+    return evaluate_model(model, Path(root), params, splits=["valid", "test"], zero_shot_tasks=True)
 
 
 @flow(name="dense_eval")
@@ -30,7 +30,7 @@ def dense_eval(params_path: str = "params.yaml", root: str | None = None) -> dic
     """Evaluate the base model named in params; return what is written to metrics/dense.json."""
     root = Path(root or ROOT)
     params = load_params(root / params_path)
-    result = evaluate(params.model.name, str(root / "data"), params.eval.model_dump())
+    result = evaluate(params.model.name, str(root), params_path)
     write_json_atomic(root / "metrics" / "dense.json", result)
     with tracking.run(root, params.tracking.experiment, "dense_eval",
                       {"model": params.model.model_dump(), "eval": params.eval.model_dump()}):

@@ -130,9 +130,10 @@ def _make_classes(base: str) -> tuple[type, type]:
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         model = super(model_cls, cls).from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         _own_aligned_memory(model)
-        layers_file = Path(str(pretrained_model_name_or_path)) / LAYERS
-        if layers_file.is_file():  # a local checkpoint: record its plan like load_pruned does
-            setattr(model, PLAN_ATTR, _read_layers(layers_file.parent)[1])
+        local = Path(str(pretrained_model_name_or_path))
+        if (local / LAYERS).is_file():  # a local checkpoint: record its plan like load_pruned does
+            setattr(model, PLAN_ATTR, _read_layers(local)[1])
+            _restore_buffer_dtypes(model, local)
         return model
 
     model_cls = type(f"PPF{name}ForCausalLM", (base_model,), {
@@ -310,10 +311,17 @@ def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | Non
             "ppf_version": _ppf_version(), "policy": plan.meta, "extra": dict(extra or {}),
             "block_ratio": plan.block_ratio, "kept_block_params": plan.kept_block_params,
             "dense_block_params": plan.dense_block_params, "tied": tied,
+            # non-persistent buffers (RoPE inv_freq) are recomputed on load, in float32; a model
+            # cast with .to(bfloat16) had them in bfloat16, and its logits depend on that
+            "buffer_dtypes": {name: str(b.dtype).removeprefix("torch.")
+                              for name, b in _non_persistent_buffers(model)},
         })
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be readable like any other
+        # mkdtemp / mkstemp make things private; a checkpoint is meant to be readable like any other
+        for f in (f for f in tmp.iterdir() if f.is_file()):
+            f.chmod(0o644)
+        tmp.chmod(0o755)
     return out
 
 
@@ -386,6 +394,29 @@ def _own_aligned_memory(model: nn.Module) -> None:
                 t.data = fresh
 
 
+def _non_persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    out = []
+    for mod_name, module in model.named_modules():
+        for name in getattr(module, "_non_persistent_buffers_set", ()):
+            buf = module._buffers.get(name)
+            if buf is not None:
+                out.append((f"{mod_name}.{name}" if mod_name else name, buf))
+    return out
+
+
+def _restore_buffer_dtypes(model: nn.Module, path: Path) -> None:
+    """Cast recomputed non-persistent buffers to the dtypes they had in the saved model."""
+    try:
+        wanted = json.loads((path / META).read_text(encoding="utf-8")).get("buffer_dtypes") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # an old or damaged ppf.json: keep transformers' defaults
+    for name, buf in _non_persistent_buffers(model):
+        dtype = getattr(torch, str(wanted.get(name, "")), None)
+        if isinstance(dtype, torch.dtype) and buf.dtype != dtype:
+            mod_name, _, attr = name.rpartition(".")
+            model.get_submodule(mod_name)._buffers[attr] = buf.to(dtype)
+
+
 def _restore_rotary(model: nn.Module) -> None:
     """Rebuild modules whose non-persistent buffers (RoPE inv_freq) are still on the meta device."""
     for name, module in list(model.named_modules()):
@@ -442,6 +473,7 @@ def load_pruned(path: str | os.PathLike, device: str = "cpu") -> tuple[PreTraine
         raise PPFError(f"'{path}' is not a readable ppf checkpoint: {WEIGHTS} does not match its config ({what})")
     model.tie_weights()
     _restore_rotary(model)
+    _restore_buffer_dtypes(model, path)
     still_meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if still_meta:
         raise PPFError(f"'{path}' is not a readable ppf checkpoint: no weights for {still_meta[:3]}")

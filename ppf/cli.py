@@ -20,7 +20,7 @@ from ppf.errors import PPFError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ppf — predictive pruning of Llama-family LLMs.")
-out = Console()
+console = Console()
 err = Console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded model name (smollm2-135m) or a local directory")]
@@ -41,7 +41,7 @@ def info(model: ModelOpt = "smollm2-135m",
     arch = describe_config(load_config(model))
     data = dataclasses.asdict(arch)
     if as_json:
-        out.print_json(json.dumps(data))
+        console.print_json(json.dumps(data))
         return
     table = Table(title=f"{model}", show_header=False)
     table.add_column("field", style="bold")
@@ -68,38 +68,76 @@ def info(model: ModelOpt = "smollm2-135m",
                  ("MLP per layer", " ".join(map(str, arch.intermediate_per_layer)))]
     for k, v in rows:
         table.add_row(k, v)
-    out.print(table)
+    console.print(table)
+
+
+@app.command()
+def prune(model: ModelOpt = "smollm2-135m",
+          ratio: Annotated[float, typer.Option("--ratio", "-r", help="target reduction of the transformer blocks' parameters, in (0, 1)")] = 0.2,
+          policy: Annotated[str, typer.Option("--policy", "-p", help="lod:A | esd:A | bi:A | uniform  (A = a_eta in [0, 0.5])")] = "uniform",
+          out: Annotated[Path | None, typer.Option("--out", "-o", help="write the pruned checkpoint here")] = None,
+          params: ParamsOpt = Path("params.yaml"),
+          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Prune a model with a policy to a target ratio; print actual ratio, parameters and time."""
+    from ppf.config import load_params
+    from ppf.engine import prune as run_prune
+    from ppf.paths import project_root
+
+    p = load_params(params)
+    root = params.resolve().parent if params.is_file() else project_root()
+    with err.status("pruning") as status:
+        report = run_prune(model, ratio, policy, out, p, root, progress=lambda m: status.update(m))
+    report = {k: v for k, v in report.items() if not k.startswith("_")}
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title=f"{model} pruned with {policy} to {ratio:.3f}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("actual block reduction", f"{report['actual_block_ratio']:.4f}")
+    table.add_row("actual whole-model reduction", f"{report['actual_model_ratio']:.4f}")
+    table.add_row("params before -> after", f"{report['params_before']:,} -> {report['params_after']:,}")
+    table.add_row("block params before -> after", f"{report['block_params_before']:,} -> {report['block_params_after']:,}")
+    table.add_row("layer ratios min / max", f"{min(report['layer_ratios']):.3f} / {max(report['layer_ratios']):.3f}")
+    for k, v in report["seconds"].items():
+        table.add_row(f"time: {k.removesuffix('_s')}", f"{v:.2f} s")
+    if report["out"]:
+        table.add_row("saved to", report["out"])
+    console.print(table)
 
 
 @app.command(name="eval")
 def eval_(model: ModelOpt = "smollm2-135m",
+          base: Annotated[str | None, typer.Option(help="the dense model to measure JS divergence against")] = None,
           params: ParamsOpt = Path("params.yaml"),
-          data: Annotated[Path, typer.Option(help="the prepared data directory (from `dvc repro prepare`)")] = Path("data"),
           splits: Annotated[str, typer.Option(help="comma-separated corpus splits")] = "valid,test",
           zero_shot: Annotated[bool, typer.Option("--zero-shot/--no-zero-shot", help="also run the lm-eval tasks")] = False,
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Perplexity on the corpus splits (and zero-shot accuracy) of a model."""
+    """Perplexity (valid/test), JS vs --base and zero-shot accuracy of a model or pruned checkpoint."""
     from ppf.config import load_params
     from ppf.evaluate import evaluate_model
+    from ppf.paths import project_root
 
     p = load_params(params)
-    result = evaluate_model(model, data, p.eval, splits=[s.strip() for s in splits.split(",") if s.strip()],
-                            zero_shot_tasks=zero_shot)
+    root = params.resolve().parent if params.is_file() else project_root()
+    with err.status(f"evaluating {model}"):
+        result = evaluate_model(model, root, p, splits=[s.strip() for s in splits.split(",") if s.strip()],
+                                zero_shot_tasks=zero_shot, base=base)
     if as_json:
-        out.print_json(json.dumps(result))
+        console.print_json(json.dumps(result))
         return
     table = Table(title=f"{model}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for split, v in result["perplexity"].items():
         table.add_row(f"perplexity ({split}, seqlen {p.eval.seqlen}, {v['tokens']:,} tokens)", f"{v['ppl']:.3f}")
+    if "js" in result:
+        table.add_row(f"JS vs {result['js']['base']} (nats, {result['js']['tokens']:,} tokens)", f"{result['js']['js']:.5f}")
     for task, v in result.get("zero_shot", {}).items():
-        if task == "mean":
-            table.add_row("zero-shot mean acc / acc_norm", f"{v['acc']:.4f} / {v['acc_norm']:.4f}")
-            continue
-        table.add_row(f"zero-shot {task} acc / acc_norm", f"{v['acc']:.4f} / {v['acc_norm']:.4f}")
+        label = "zero-shot mean" if task == "mean" else f"zero-shot {task}"
+        table.add_row(f"{label} acc / acc_norm", f"{v['acc']:.4f} / {v['acc_norm']:.4f}")
     table.add_row("seconds", f"{result['seconds']:.1f}")
-    out.print(table)
+    console.print(table)
 
 
 @app.command(name="params")
@@ -107,7 +145,7 @@ def params_(params: ParamsOpt = Path("params.yaml")) -> None:
     """Validate params.yaml and print the full, typed configuration (defaults filled in)."""
     from ppf.config import load_params
 
-    out.print_json(load_params(params).model_dump_json())
+    console.print_json(load_params(params).model_dump_json())
 
 
 def main() -> None:

@@ -90,6 +90,17 @@ class JSParams(Section):
     batch_size: int = Field(4, gt=0)
 
 
+class PruningParams(Section):
+    """How a policy becomes a pruned model (the engine's knobs)."""
+
+    unit_importance: Literal["taylor", "activation"] = Field(
+        "taylor", description="which heads/channels go inside a layer: LLM-Pruner's first-order Taylor, "
+        "or Wanda-style |W|·||X||")
+    max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="no layer loses more than this fraction")
+    tolerance: float = Field(0.005, gt=0, lt=0.1, description="|actual - target| block ratio allowed")
+    outlier_m: float = Field(5.0, gt=0, description="OWL's M: a Wanda score above M x mean is an outlier")
+
+
 class TasksParams(Section):
     names: list[str] = ["goal_step_wikihow", "social_iqa", "hyperbaton"]
     limit: int | None = Field(500, gt=0, description="examples per task (None = all)")
@@ -124,6 +135,7 @@ class Params(Section):
     data: DataParams = Field(default_factory=DataParams)
     calibration: CalibrationParams = Field(default_factory=CalibrationParams)
     js: JSParams = Field(default_factory=JSParams)
+    pruning: PruningParams = Field(default_factory=PruningParams)
     tasks: TasksParams = Field(default_factory=TasksParams)
     eval: EvalParams = Field(default_factory=EvalParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)

@@ -120,36 +120,43 @@ def chance_level(tasks_dir: Path, name: str) -> float:
     return statistics.fmean(1 / len(r["choices"]) for r in records)
 
 
-def evaluate_model(model_ref: str, data_dir: Path, params, splits: list[str] = ("valid", "test"),
-                   zero_shot_tasks: bool = True) -> dict:
-    """Perplexity per corpus split and (optionally) zero-shot accuracy of a model by name or path.
+def evaluate_model(model_ref: str, root: Path, params, splits: list[str] = ("valid", "test"),
+                   zero_shot_tasks: bool = True, base: str | None = None) -> dict:
+    """Perplexity per corpus split, zero-shot accuracy and (with ``base``) JS vs the dense model.
 
-    ``params`` is the ``eval`` section of params.yaml (seqlen, batch_size, max_windows,
-    zero_shot_limit). Splits come from the prepared ``data_dir/corpus``; tasks from
-    ``data_dir/tasks``. Returns a JSON-able dict (the shape of metrics/dense.json).
+    ``model_ref`` is a base model name/path or a pruned ppf checkpoint; ``params`` the validated
+    params.yaml (its ``eval`` and ``js`` sections are used). Splits and tasks come from the prepared
+    ``root/data``. Returns a JSON-able dict (the shape of metrics/dense.json).
     """
     import time
 
     from ppf.data.corpus import tokenize_text
-    from ppf.metrics import perplexity
-    from ppf.models import load
+    from ppf.engine import load_model, token_batches
+    from ppf.metrics import js_divergence, perplexity
 
     start = time.perf_counter()
-    corpus = Path(data_dir) / "corpus"
+    ev = params.eval
+    corpus = Path(root) / "data" / "corpus"
     missing = [s for s in splits if not (corpus / f"{s}.txt").is_file()]
     if missing:
-        raise PPFError(f"no {missing[0]} split in '{corpus}'; run `dvc repro prepare` first (or pass --data DIR)")
-    model, tokenizer = load(model_ref)
+        raise PPFError(f"no {missing[0]} split in '{corpus}'; run `dvc repro prepare` in the project first")
+    model, tokenizer = load_model(model_ref, params.model.dtype)
     result: dict = {"model": str(model_ref), "perplexity": {}}
     for split in splits:
         tokens = tokenize_text(tokenizer, (corpus / f"{split}.txt").read_text(encoding="utf-8"))
-        n_windows = tokens.numel() // params.seqlen
-        if params.max_windows is not None:
-            n_windows = min(n_windows, params.max_windows)
-        ppl = perplexity(model, tokens, params.seqlen, params.batch_size, params.max_windows)
-        result["perplexity"][split] = {"ppl": ppl, "tokens": n_windows * params.seqlen}
+        n_windows = tokens.numel() // ev.seqlen
+        if ev.max_windows is not None:
+            n_windows = min(n_windows, ev.max_windows)
+        ppl = perplexity(model, tokens, ev.seqlen, ev.batch_size, ev.max_windows)
+        result["perplexity"][split] = {"ppl": ppl, "tokens": n_windows * ev.seqlen}
+    if base is not None:
+        base_model, base_tok = load_model(base, params.model.dtype)
+        _, heldout = token_batches(Path(root), base, base_tok, params)
+        js = js_divergence(base_model, model, heldout, params.js.batch_size)
+        result["js"] = {"base": str(base), "js": js, "tokens": heldout.numel()}
+        del base_model
     if zero_shot_tasks:
-        result["zero_shot"] = zero_shot(model, tokenizer, Path(data_dir) / "tasks",
-                                        limit=params.zero_shot_limit, batch_size=max(params.batch_size, 8))
+        result["zero_shot"] = zero_shot(model, tokenizer, Path(root) / "data" / "tasks",
+                                        limit=ev.zero_shot_limit, batch_size=max(ev.batch_size, 8))
     result["seconds"] = time.perf_counter() - start
     return result

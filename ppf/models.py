@@ -160,7 +160,9 @@ def load(name_or_path: str | os.PathLike, dtype: str = "float32",
     params.yaml.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise in a CLI or a flow log
     if dtype not in DTYPES:
         raise PPFError(f"dtype '{dtype}' is not supported; use one of {', '.join(DTYPES)}")
     path = resolve(name_or_path)

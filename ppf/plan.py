@@ -41,13 +41,14 @@ class DenseShape:
     def of(cls, model_or_config: Any) -> "DenseShape":
         """From a transformers model or config (the config describes the dense model)."""
         cfg = getattr(model_or_config, "config", model_or_config)
+        base_type = getattr(cfg, "ppf_base_model_type", None) or cfg.model_type  # a loaded ppf checkpoint
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return cls(
             n_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, n_heads=cfg.num_attention_heads,
             n_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
             head_dim=head_dim, intermediate=cfg.intermediate_size,
-            qkv_bias=bool(getattr(cfg, "attention_bias", False) or cfg.model_type == "qwen2"),
-            o_bias=bool(getattr(cfg, "attention_bias", False)) and cfg.model_type != "qwen2",
+            qkv_bias=bool(getattr(cfg, "attention_bias", False) or base_type == "qwen2"),
+            o_bias=bool(getattr(cfg, "attention_bias", False)) and base_type != "qwen2",
             mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
         )
 

@@ -20,6 +20,7 @@ and is vectorised: :func:`plan_for` is on the predictor's hot path (a few ms for
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,13 +50,7 @@ class Policy:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise PPFError(f"unknown importance method {self.method!r}; use one of {', '.join(METHODS)}")
-        try:
-            a = float(self.a_eta)
-        except (TypeError, ValueError):
-            raise PPFError(f"a_eta {self.a_eta!r} is not a number; use a value in [0, {A_ETA_MAX}]") from None
-        if not (math.isfinite(a) and 0.0 <= a <= A_ETA_MAX):
-            raise PPFError(f"a_eta {self.a_eta!r} is outside [0, {A_ETA_MAX}]; use a scaling factor in that range")
-        object.__setattr__(self, "a_eta", 0.0 if self.method == "uniform" else a)
+        object.__setattr__(self, "a_eta", 0.0 if self.method == "uniform" else check_a_eta(self.a_eta))
 
     @classmethod
     def parse(cls, text: str) -> "Policy":
@@ -79,6 +74,17 @@ class Policy:
     def __str__(self) -> str:
         # repr(float) is the shortest text that round-trips, so parse(str(p)) == p for any a_eta
         return "uniform" if self.method == "uniform" else f"{self.method}:{self.a_eta!r}"
+
+
+def check_a_eta(a_eta: float) -> float:
+    """``a_eta`` as a float, or a PPFError unless it lies in the paper's range [0, 0.5]."""
+    try:
+        a = float(a_eta)
+    except (TypeError, ValueError):
+        raise PPFError(f"a_eta {a_eta!r} is not a number; use a value in [0, {A_ETA_MAX}]") from None
+    if not (math.isfinite(a) and 0.0 <= a <= A_ETA_MAX):
+        raise PPFError(f"a_eta {a_eta!r} is outside [0, {A_ETA_MAX}]; use a scaling factor in that range")
+    return a
 
 
 def check_ratio(r: float, name: str = "target") -> float:
@@ -111,7 +117,7 @@ def requested_ratios(H: Sequence[float], target: float, a_eta: float) -> np.ndar
     """
     h = _scores(H)
     target = check_ratio(target)
-    a = Policy("lod", a_eta).a_eta  # validates a_eta with the same message as a Policy
+    a = check_a_eta(a_eta)
     span = float(h.max() - h.min())
     eta = 2.0 * a / span if span > 0 else 0.0
     return target + eta * (h.mean() - h)
@@ -185,7 +191,7 @@ class UnitRanks:
 
 
 # ---- rounding one ratio per layer to whole units ------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Rounder:
     """Vectorised per-layer rounding for one DenseShape.
 
@@ -204,6 +210,7 @@ class _Rounder:
     intermediate: int
 
     @classmethod
+    @functools.lru_cache(maxsize=16)  # DenseShape is frozen, so hashable: one rounder per model
     def of(cls, s: DenseShape) -> "_Rounder":
         gq = [(g, q) for g in range(1, s.n_kv_heads + 1) for q in range(1, s.groups + 1)]
         # ties in size: prefer more query heads (more of what o_proj writes to the residual stream)
@@ -225,14 +232,16 @@ class _Rounder:
 
 
 # ---- the plan ----------------------------------------------------------------------------------
-def plan_for(policy: Policy, target: float, H: Sequence[float], units: "Mapping[str, Any] | UnitRanks | None",
-             shape: DenseShape, max_layer_ratio: float = 0.9, tol: float = 0.005) -> PruningPlan:
+def plan_for(policy: Policy | str, target: float, H: Sequence[float] | None,
+             units: "Mapping[str, Any] | UnitRanks | None", shape: DenseShape,
+             max_layer_ratio: float = 0.9, tol: float = 0.005) -> PruningPlan:
     """The pruning plan of ``policy`` at ``target``, whose ACTUAL block ratio is within ``tol`` of it.
 
     Layer ratios are Eqs 4-5 (:func:`requested_ratios`) plus one common offset δ, clipped to
-    [0, max_layer_ratio]; δ is found by bisection on the rounded block ratio (monotone in δ).
-    ``units`` are the unit scores (see :meth:`UnitRanks.of`; pass a prebuilt :class:`UnitRanks`
-    when planning many policies for one model). ``meta`` records the policy, the target, the
+    [0, max_layer_ratio]; δ is found by bisection on the rounded block ratio, which rises with δ
+    (up to dips of about one MLP channel where a layer's attention changes size).
+    ``H`` may be None for ``uniform``. ``units`` are the unit scores (see :meth:`UnitRanks.of`;
+    pass a prebuilt :class:`UnitRanks` when planning many policies for one model). ``meta`` records the policy, the target, the
     actual ratio, the requested (Eq 5) ratios, δ, the corrected ratios before rounding (``ratios``)
     and the actual per-layer ratios after it (``layer_ratios``).
     """
@@ -242,7 +251,7 @@ def plan_for(policy: Policy, target: float, H: Sequence[float], units: "Mapping[
     m = check_ratio(max_layer_ratio, "max_layer_ratio")
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise PPFError(f"tol {tol!r} must be a small positive number, e.g. 0.005")
-    h = _scores(H)
+    h = _scores(np.zeros(shape.n_layers) if H is None and policy.method == "uniform" else H)
     if h.size != shape.n_layers:
         raise PPFError(f"layer scores H have {h.size} entries, the model has {shape.n_layers} layers; "
                        "recompute the importance for this model")
@@ -260,18 +269,18 @@ def plan_for(policy: Policy, target: float, H: Sequence[float], units: "Mapping[
         raise PPFError(f"target {target} is above what any policy can reach with max_layer_ratio {m} "
                        f"(at most {reach:.4f} for this model's heads and channels); lower the target "
                        "or raise max_layer_ratio")
-    best, best_err = 0.0, abs(actual(0.0) - target)  # δ = 0 keeps the policy exactly, if it is good
+    best, best_actual = 0.0, actual(0.0)  # δ = 0 keeps the policy exactly, if it is close enough
     for _ in range(64):
-        if best_err <= tol / 10 or hi - lo < 1e-12:
+        if abs(best_actual - target) <= tol / 10 or hi - lo < 1e-12:
             break
         mid = 0.5 * (lo + hi)
         a = actual(mid)
-        if abs(a - target) < best_err:
-            best, best_err = mid, abs(a - target)
+        if abs(a - target) < abs(best_actual - target):
+            best, best_actual = mid, a
         lo, hi = (mid, hi) if a < target else (lo, mid)
-    if best_err > tol:
-        raise PPFError(f"target {target} cannot be met within ±{tol} (closest {target + best_err:.4f} or "
-                       f"{target - best_err:.4f}): the model's heads and channels are too coarse; raise tol")
+    if abs(best_actual - target) > tol:
+        raise PPFError(f"target {target} cannot be met within ±{tol} (closest: {best_actual:.4f}): "
+                       "this model's heads and channels are too coarse; raise tol")
 
     ratios = np.clip(requested + best, 0.0, m)
     k, channels, _ = rounder(ratios)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny import make_llama, make_text, make_tokenizer  # noqa: F401  (re-exported for fixtures)
 
@@ -46,3 +47,9 @@ def _isolated_cache(request, tmp_path_factory, monkeypatch):
     """Keep every unit test's ppf cache out of the user's ~/.cache/ppf (slow tests use the real one)."""
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("PPF_CACHE_DIR", str(tmp_path_factory.mktemp("ppf-cache")))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models: two OpenMP threads on a 2-core box are ~100x slower than one (thread handoffs)."""
+    torch.set_num_threads(1)

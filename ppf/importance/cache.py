@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ppf.errors import PPFError
-from ppf.io import write_json_atomic, write_tensors_atomic
+from ppf.io import read_tensors, write_json_atomic, write_tensors_atomic
 
 
 def _paths(prefix: str | Path) -> tuple[Path, Path]:
@@ -35,16 +35,14 @@ def save_importance(path_prefix: str | Path, layer: dict[str, list[float]], unit
     payload = json.loads(json.dumps({"layer": {k: [float(x) for x in v] for k, v in layer.items()},
                                      "meta": dict(meta or {})}, default=str))
     digest = _digest(payload)
-    tensor_meta = {k: json.dumps(v) for k, v in payload["meta"].items()} | {"ppf_digest": digest}
-    write_tensors_atomic(st, {k: v.detach().float().cpu() for k, v in units.items()}, tensor_meta)
+    write_tensors_atomic(st, {k: v.detach().float().cpu() for k, v in units.items()},
+                         {"meta": payload["meta"], "digest": digest})
     write_json_atomic(js, payload | {"digest": digest})
     return js, st
 
 
 def load_importance(path_prefix: str | Path) -> tuple[dict[str, list[float]], dict[str, torch.Tensor], dict[str, Any]]:
     """(layer, units, meta) as saved; PPFError when a file is missing, unreadable or mismatched."""
-    from safetensors import safe_open
-
     js, st = _paths(path_prefix)
     fix = "delete both files and recompute the importance scores"
     for p in (js, st):
@@ -53,9 +51,8 @@ def load_importance(path_prefix: str | Path) -> tuple[dict[str, list[float]], di
     try:
         data = json.loads(js.read_text())
         layer, meta, digest = data["layer"], data["meta"], data["digest"]
-        with safe_open(str(st), framework="pt") as f:
-            units = {k: f.get_tensor(k) for k in f.keys()}
-            stored = (f.metadata() or {}).get("ppf_digest")
+        units, tensor_meta = read_tensors(st)
+        stored = tensor_meta.get("digest")
     except Exception as exc:  # any parse error means the same thing to the user
         raise PPFError(f"importance cache {path_prefix} is corrupt ({type(exc).__name__}); {fix}") from exc
     if stored != digest or _digest({"layer": layer, "meta": meta}) != digest:

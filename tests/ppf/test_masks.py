@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_llama
+from tiny import make_llama
 from ppf.errors import PPFError
 from ppf.masks import (KINDS, MATRICES, attention_image, compress, full_masks, mask_image, mlp_image,
                        plan_from_model, unit_masks)

@@ -201,6 +201,16 @@ def test_uniform_policy_and_meta():
     assert len(m["layer_ratios"]) == 30 and max(m["layer_ratios"]) - min(m["layer_ratios"]) < 0.05
     json.dumps(m)
     assert plan_for("lod:0.1", 0.3, np.arange(30.0), None, SMOL).meta["policy"] == "lod:0.1"
+    assert plan_for("uniform", 0.3, None, None, SMOL) == plan_for("uniform", 0.3, [1.0] * 30, None, SMOL)
+
+
+def test_coarse_attention_on_9_heads_3_kv():
+    """SmolLM2 (9 heads / 3 KV heads): attention sizes come in 7 steps, so a uniform 0.1 keeps every
+    head (nearest to 90% attention is 100%) and the MLP alone carries the ratio."""
+    sizes = {(len(lp.heads), len(lp.kv_heads)) for lp in plan_for("uniform", 0.1, None, None, SMOL).layers}
+    assert sizes == {(9, 3)}
+    sizes = {(len(lp.heads), len(lp.kv_heads)) for lp in plan_for("uniform", 0.5, None, None, SMOL).layers}
+    assert sizes == {(4, 2)}  # 50% attention: 4 heads / 2 KV ties with 3 / 3; more query heads win
 
 
 # ---- plan_for: errors --------------------------------------------------------------------------
@@ -225,6 +235,8 @@ def test_unreachable_target():
     (dict(units={"head": np.zeros((3, 4)), "kv": np.zeros((3, 2)), "channel": np.full((3, 96), np.nan)}), "NaN"),
     (dict(units=[1, 2, 3]), "mapping"),
     (dict(policy="owl:0.1"), "unknown importance method"),
+    (dict(H=None), "1-D"),  # only uniform may omit the layer scores
+    (dict(tol=1e-7), "cannot be met within"),  # one MLP channel of a tiny layer is 0.0018 of the block
 ])
 def test_bad_inputs(kwargs, needle):
     args = dict(policy=Policy("lod", 0.1), target=0.3, H=[0.0, 1.0, 2.0], units=None, shape=GQA)

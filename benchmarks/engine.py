@@ -1,0 +1,138 @@
+"""Engine benchmark on the real model: what each step of the pruning engine costs, and what it gives.
+
+Not a test (nothing is asserted): it measures, on the prepared project data,
+  * the time of each layer-importance method and each unit-importance kind,
+  * per (ratio, policy): policy → plan → compressed mask, physical pruning, one JS evaluation,
+    one perplexity evaluation, save + reload (identical logits?),
+  * tokens/s (batched prefill at seqlen 512, batch-1 greedy generation) and weight memory of the
+    dense and pruned models.
+Writes benchmarks/results/engine.json and engine.md.
+
+Run (after `dvc repro prepare`):  python benchmarks/engine.py [--ratios 0.2 0.4 0.5] [--policies ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ppf.config import load_params
+from ppf.data.corpus import tokenize_text
+from ppf.engine import importance, make_plan, token_batches
+from ppf.importance import layer_importance, unit_importance
+from ppf.io import write_json_atomic, write_text_atomic
+from ppf.masks import compress
+from ppf.metrics import js_divergence, next_token_logprobs, perplexity
+from ppf.models import load
+from ppf.plan import DenseShape
+from ppf.prune import prune_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+@torch.no_grad()
+def speed(model, tokenizer, seqlen: int = 512, new_tokens: int = 32) -> dict:
+    """Prefill tokens/s (batch 4 x seqlen) and batch-1 greedy generation tokens/s."""
+    x = torch.randint(100, 10_000, (4, seqlen), generator=torch.Generator().manual_seed(0))
+    model(x[:1, :64], use_cache=False)  # warm-up
+    _, prefill_s = timed(model, x, use_cache=False)
+    prompt = tokenizer("The history of the city", return_tensors="pt")
+    _, gen_s = timed(model.generate, **prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                     do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"prefill_tok_s": x.numel() / prefill_s, "generate_tok_s": new_tokens / gen_s,
+            "weights_mb": weights / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4, 0.5])
+    ap.add_argument("--policies", nargs="+", default=["uniform", "lod:0.2", "esd:0.2", "bi:0.2"])
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args()
+    params = load_params(args.params)
+    name = params.model.name
+    model, tok = load(name)
+    calib, heldout = token_batches(ROOT, name, tok, params)
+    valid = tokenize_text(tok, (ROOT / "data" / "corpus" / "valid.txt").read_text(encoding="utf-8"))
+    ev = params.eval
+    res: dict = {"model": name, "calibration": list(calib.shape), "heldout": list(heldout.shape),
+                 "eval": ev.model_dump(), "threads": torch.get_num_threads(), "importance_s": {}}
+
+    for method in ("lod", "esd", "bi"):
+        _, s = timed(layer_importance, model, calib, methods=[method])
+        res["importance_s"][method] = s
+    for kind in ("taylor", "activation"):
+        _, s = timed(unit_importance, model, calib, kind=kind)
+        res["importance_s"][f"units_{kind}"] = s
+    imp = importance(model, name, calib, params, ROOT / "data" / "importance")
+    shape = DenseShape.of(model)
+
+    ref, res["reference_logprobs_s"] = timed(next_token_logprobs, model, heldout, params.js.batch_size)
+    ppl, s = timed(perplexity, model, valid, ev.seqlen, ev.batch_size, ev.max_windows)
+    res["dense"] = {"ppl_valid": ppl, "ppl_s": s, **speed(model, tok)}
+    print(f"dense: ppl {ppl:.2f} ({s:.0f} s)", flush=True)
+
+    rows = []
+    for ratio in args.ratios:
+        for policy in args.policies:
+            row = {"ratio": ratio, "policy": policy}
+            plan, row["plan_ms"] = timed(make_plan, shape, imp, policy, ratio, params)
+            row["plan_ms"] *= 1e3
+            _, mask_s = timed(compress, plan)
+            row["mask_ms"] = mask_s * 1e3
+            row["actual_block_ratio"] = plan.block_ratio
+            pruned = copy.deepcopy(model)
+            _, row["prune_s"] = timed(prune_model, pruned, plan)
+            row["js"], row["js_s"] = timed(js_divergence, ref, pruned, heldout, params.js.batch_size)
+            row["ppl_valid"], row["ppl_s"] = timed(perplexity, pruned, valid, ev.seqlen, ev.batch_size, ev.max_windows)
+            with tempfile.TemporaryDirectory() as d:
+                from ppf.checkpoint import load_pruned, save_pruned
+
+                _, row["save_s"] = timed(save_pruned, pruned, tok, Path(d) / "m", base=name)
+                (back, _), row["load_s"] = timed(load_pruned, Path(d) / "m")
+                x = heldout[:2]
+                row["reload_identical"] = bool(torch.equal(pruned(x).logits, back(x).logits))
+            row.update(speed(pruned, tok))
+            row["params"] = sum(p.numel() for p in pruned.parameters())
+            rows.append(row)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+            del pruned, back
+    res["rows"] = rows
+
+    out = Path(args.out)
+    write_json_atomic(out / "engine.json", res)
+    d = res["dense"]
+    lines = [f"# Engine benchmark — {name} ({res['threads']} CPU threads)", "",
+             "Importance (s, calibration " + "x".join(map(str, res["calibration"])) + "): "
+             + ", ".join(f"{k} {v:.1f}" for k, v in res["importance_s"].items()), "",
+             f"Dense: valid ppl {d['ppl_valid']:.2f} ({ev.max_windows} x {ev.seqlen} tokens, {d['ppl_s']:.0f} s), "
+             f"prefill {d['prefill_tok_s']:.0f} tok/s, generate {d['generate_tok_s']:.1f} tok/s, "
+             f"weights {d['weights_mb']:.0f} MB", "",
+             "| ratio | policy | actual | valid ppl | JS (nats) | plan ms | mask ms | prune s | JS s | ppl s "
+             "| reload identical | prefill tok/s | gen tok/s | weights MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['ratio']:.2f} | {r['policy']} | {r['actual_block_ratio']:.4f} | {r['ppl_valid']:.2f} | "
+                     f"{r['js']:.4f} | {r['plan_ms']:.1f} | {r['mask_ms']:.2f} | {r['prune_s']:.2f} | {r['js_s']:.1f} | "
+                     f"{r['ppl_s']:.0f} | {r['reload_identical']} | {r['prefill_tok_s']:.0f} | "
+                     f"{r['generate_tok_s']:.1f} | {r['weights_mb']:.0f} |")
+    write_text_atomic(out / "engine.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

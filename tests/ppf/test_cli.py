@@ -1,0 +1,117 @@
+"""The `ppf` command: prune / eval / info on a tiny project, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ppf.cli import main
+from ppf.data.corpus import calibration_batch
+from ppf.io import write_tensors_atomic, write_text_atomic
+from tiny import make_text
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run `ppf argv...` in-process; return (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["ppf", *argv]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> Path:
+    """A prepared project: params.yaml, a corpus and calibration tokens for the tiny model."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path / "proj"
+    corpus = root / "data" / "corpus"
+    for i, split in enumerate(("train", "valid", "test")):
+        write_text_atomic(corpus / f"{split}.txt", make_text(3000 if split == "train" else 800, seed=i))
+    params = {"model": {"name": str(tiny_model_dir)}, "calibration": {"n_samples": 4, "seqlen": 16},
+              "js": {"n_samples": 2, "seqlen": 16}, "eval": {"seqlen": 32, "max_windows": 4}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train = torch.tensor(tok(make_text(3000, seed=0))["input_ids"])
+    valid = torch.tensor(tok(make_text(800, seed=1))["input_ids"])
+    write_tensors_atomic(root / "data" / "calibration" / "tokens.safetensors",
+                         {"calibration": calibration_batch(train, 4, 16, 0), "heldout": calibration_batch(valid, 2, 16, 1)},
+                         {"model": str(tiny_model_dir), "calibration": {"n_samples": 4, "seqlen": 16, "seed": 0},
+                          "js": {"n_samples": 2, "seqlen": 16, "seed": 1, "batch_size": 4}})
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.mark.parametrize("policy", ["uniform", "lod:0.2", "esd:0.3", "bi:0.5"])
+def test_prune_hits_the_ratio_and_saves_a_loadable_checkpoint(project, tiny_model_dir, capsys, policy):
+    out = project / "pruned"
+    code, stdout, _ = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--policy", policy,
+                           "--out", str(out), "--json"], capsys)
+    assert code == 0
+    report = json.loads(stdout)
+    assert abs(report["actual_block_ratio"] - 0.3) <= 0.005
+    assert report["params_after"] < report["params_before"]
+    import ppf
+
+    model, _ = ppf.load_pruned(out)
+    assert sum(p.numel() for p in model.parameters()) == report["params_after"]
+    # importance is cached: a second policy does not recompute it
+    assert list((Path(ppf.paths.cache_dir()) / "importance").glob("*.json"))
+
+
+def test_eval_reports_perplexity_and_js_against_the_base(project, tiny_model_dir, capsys):
+    out = project / "pruned"
+    assert run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.4", "--out", str(out)], capsys)[0] == 0
+    code, stdout, _ = run(["eval", "--model", str(out), "--base", str(tiny_model_dir), "--json"], capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["perplexity"]["valid"]["ppl"] > 1 and result["perplexity"]["test"]["tokens"] == 4 * 32
+    assert 0 < result["js"]["js"] < 0.7
+    code, stdout, _ = run(["eval", "--model", str(tiny_model_dir), "--base", str(tiny_model_dir), "--json"], capsys)
+    assert json.loads(stdout)["js"]["js"] < 1e-6
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--ratio", "1.2"], "target"),
+    (["--ratio", "0"], "target"),
+    (["--policy", "lod:0.7"], "a_eta"),
+    (["--policy", "random:0.1"], "random"),
+    (["--ratio", "0.97"], "0.97"),
+])
+def test_prune_bad_input_is_one_line_and_writes_nothing(project, tiny_model_dir, capsys, args, needle):
+    out = project / "pruned"
+    code, _, err = run(["prune", "--model", str(tiny_model_dir), "--out", str(out), *args], capsys)
+    assert code == 2
+    assert needle in err and err.strip().count("\n") == 0
+    assert not out.exists()
+
+
+def test_not_a_checkpoint_and_missing_model_are_clear_errors(project, tiny_model_dir, capsys):
+    code, _, err = run(["eval", "--model", str(project / "nope")], capsys)
+    assert code == 2 and "nope" in err
+    code, _, err = run(["info", "--model", "/does/not/exist"], capsys)
+    assert code == 2 and "/does/not/exist" in err and err.strip().count("\n") == 0
+    from ppf.checkpoint import load_pruned
+    from ppf.errors import PPFError
+
+    with pytest.raises(PPFError, match="not a ppf checkpoint"):
+        load_pruned(tiny_model_dir)
+
+
+def test_info_prints_the_architecture(tiny_model_dir, capsys):
+    code, stdout, _ = run(["info", "--model", str(tiny_model_dir), "--json"], capsys)
+    assert code == 0
+    info = json.loads(stdout)
+    assert (info["n_layers"], info["n_heads"], info["n_kv_heads"], info["head_dim"]) == (3, 4, 2, 16)
