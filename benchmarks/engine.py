@@ -25,6 +25,7 @@ import torch
 from ppf.config import load_params
 from ppf.data.corpus import tokenize_text
 from ppf.engine import importance, make_plan, token_batches
+from ppf.evaluate import speed
 from ppf.importance import layer_importance, unit_importance
 from ppf.io import write_json_atomic, write_text_atomic
 from ppf.masks import compress
@@ -42,28 +43,17 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t
 
 
-@torch.no_grad()
-def speed(model, tokenizer, seqlen: int = 512, new_tokens: int = 32) -> dict:
-    """Prefill tokens/s (batch 4 x seqlen) and batch-1 greedy generation tokens/s."""
-    x = torch.randint(100, 10_000, (4, seqlen), generator=torch.Generator().manual_seed(0))
-    model(x[:1, :64], use_cache=False)  # warm-up
-    _, prefill_s = timed(model, x, use_cache=False)
-    prompt = tokenizer("The history of the city", return_tensors="pt")
-    _, gen_s = timed(model.generate, **prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                     do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"prefill_tok_s": x.numel() / prefill_s, "generate_tok_s": new_tokens / gen_s,
-            "weights_mb": weights / 2**20}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4, 0.5])
     ap.add_argument("--policies", nargs="+", default=["uniform", "lod:0.2", "esd:0.2", "bi:0.2"])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     params = load_params(args.params)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name = params.model.name
     model, tok = load(name)
     calib, heldout = token_batches(ROOT, name, tok, params)
@@ -121,15 +111,15 @@ def main() -> None:
              + ", ".join(f"{k} {v:.1f}" for k, v in res["importance_s"].items()), "",
              f"Dense: valid ppl {d['ppl_valid']:.2f} ({ev.max_windows} x {ev.seqlen} tokens, {d['ppl_s']:.0f} s), "
              f"prefill {d['prefill_tok_s']:.0f} tok/s, generate {d['generate_tok_s']:.1f} tok/s, "
-             f"weights {d['weights_mb']:.0f} MB", "",
+             f"weights {d['weights_mb']:.0f} MB, peak {d['peak_mem_mb']:.0f} MB", "",
              "| ratio | policy | actual | valid ppl | JS (nats) | plan ms | mask ms | prune s | JS s | ppl s "
-             "| reload identical | prefill tok/s | gen tok/s | weights MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| reload identical | prefill tok/s | gen tok/s | weights MB | peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['ratio']:.2f} | {r['policy']} | {r['actual_block_ratio']:.4f} | {r['ppl_valid']:.2f} | "
                      f"{r['js']:.4f} | {r['plan_ms']:.1f} | {r['mask_ms']:.2f} | {r['prune_s']:.2f} | {r['js_s']:.1f} | "
                      f"{r['ppl_s']:.0f} | {r['reload_identical']} | {r['prefill_tok_s']:.0f} | "
-                     f"{r['generate_tok_s']:.1f} | {r['weights_mb']:.0f} |")
+                     f"{r['generate_tok_s']:.1f} | {r['weights_mb']:.0f} | {r['peak_mem_mb']:.0f} |")
     write_text_atomic(out / "engine.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

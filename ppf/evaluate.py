@@ -160,3 +160,76 @@ def evaluate_model(model_ref: str, root: Path, params, splits: list[str] = ("val
                                         limit=ev.zero_shot_limit, batch_size=max(ev.batch_size, 8))
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def peak_memory_during(fn, *args, interval: float = 0.002, **kwargs) -> tuple[object, float]:
+    """(fn's result, peak memory in MB while it ran above what was resident before).
+
+    On CUDA: torch's max allocated bytes. On CPU: the peak RSS growth, sampled by a thread every
+    ``interval`` seconds — the activations and buffers the call needed on top of the weights.
+    """
+    import threading
+
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn(*args, **kwargs)
+        return out, (torch.cuda.max_memory_allocated() - base) / 2**20
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            done.wait(interval)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        out = fn(*args, **kwargs)
+    finally:
+        done.set()
+        t.join()
+    return out, max(0, max(peak[0], _rss_bytes()) - base) / 2**20
+
+
+def speed(model, tokenizer, seqlen: int = 512, batch: int = 4, new_tokens: int = 32) -> dict:
+    """Throughput and memory of a model: batched prefill and batch-1 greedy generation.
+
+    Returns prefill tokens/s (batch x seqlen, no cache), generation tokens/s (batch 1, KV cache),
+    the weights' size and the peak memory of the prefill on top of them (MB).
+    """
+    import time
+
+    import torch
+
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    x = torch.randint(min(100, vocab // 2), min(10_000, vocab), (batch, seqlen),
+                      generator=torch.Generator().manual_seed(0)).to(device)
+    prompt = tokenizer("The history of the city", return_tensors="pt").to(device)
+    with torch.no_grad():
+        model(x[:1, :64], use_cache=False)  # warm-up
+        t = time.perf_counter()
+        _, prefill_peak = peak_memory_during(model, x, use_cache=False)
+        prefill_s = time.perf_counter() - t
+        t = time.perf_counter()
+        model.generate(**prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=tokenizer.eos_token_id)
+        gen_s = time.perf_counter() - t
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"prefill_tok_s": x.numel() / prefill_s, "generate_tok_s": new_tokens / gen_s,
+            "weights_mb": weights / 2**20, "prefill_peak_mb": prefill_peak,
+            "peak_mem_mb": weights / 2**20 + prefill_peak}

@@ -44,24 +44,41 @@ def lod(views: list[LayerView], stats: list[LayerStats], outlier_m: float = 5.0,
 
 
 # ---- esd: AlphaPruning's heavy-tail exponent ------------------------------------------------------
-def hill_alpha(eigs: torch.Tensor, max_candidates: int = 256) -> float:
+XMIN_RULES = ("peak", "all")
+
+
+def hill_alpha(eigs: torch.Tensor, xmin: str = "peak", max_candidates: int = 256) -> float:
     """Power-law exponent alpha of the tail of ``eigs`` (density ~ lambda^-alpha), WeightWatcher-style.
 
     For a candidate x_min = lambda_i the Hill / maximum-likelihood estimate over the n eigenvalues
-    >= x_min is alpha = 1 + n / sum log(lambda / x_min); x_min is the candidate whose fitted CDF
-    1 - (lambda / x_min)^(1 - alpha) is closest to the empirical tail CDF in Kolmogorov-Smirnov
-    distance. All candidates are scored at once as a [candidates, N] matrix (at most
-    ``max_candidates``, evenly spaced, so a 4096-wide matrix costs the same as a 576-wide one).
+    >= x_min is alpha = 1 + n / sum log(lambda / x_min); the x_min kept is the candidate whose fitted
+    CDF 1 - (lambda / x_min)^(1 - alpha) is closest to the empirical tail CDF in Kolmogorov-Smirnov
+    distance. Which candidates are tried:
+
+      ``peak`` (default; AlphaPruning's ``alpha_peak``): eigenvalues up to 1.5 x the peak of the
+          100-bin log10 histogram of the ESD. Without this bound the KS minimum often lands on the
+          top 10-20 eigenvalues, giving alpha > 15 from a "tail" of a few points (seen on SmolLM2).
+      ``all``: every eigenvalue but the largest (WeightWatcher / the powerlaw package).
+
+    All candidates are scored at once as a [candidates, N] matrix, at most ``max_candidates`` of
+    them (evenly spaced), so a 4096-wide matrix costs about what a 576-wide one does.
     """
+    if xmin not in XMIN_RULES:
+        raise PPFError(f"unknown x_min rule '{xmin}'; use one of {', '.join(XMIN_RULES)}")
     lam = eigs.detach().double().flatten().sort().values
     lam = lam[lam > lam[-1] * 1e-12] if lam.numel() else lam  # numerically zero eigenvalues carry no tail
     n_eig = lam.numel()
     if n_eig < 3:
         return float("nan")
     log = lam.log()
-    cand = torch.arange(n_eig - 1)  # the tail keeps >= 2 points
+    last = n_eig - 2  # the tail keeps >= 2 points
+    if xmin == "peak":
+        counts = torch.histc(log, bins=100, min=float(log[0]), max=float(log[-1]))
+        peak = log[0] + (log[-1] - log[0]) * counts.argmax() / 100  # left edge of the fullest bin
+        last = min(last, max(0, int(torch.searchsorted(log, peak + math.log(1.5), right=True)) - 1))
+    cand = torch.arange(last + 1)
     if cand.numel() > max_candidates:
-        cand = torch.linspace(0, n_eig - 2, max_candidates).round().long().unique()
+        cand = torch.linspace(0, last, max_candidates).round().long().unique()
     n = (n_eig - cand).double()
     suffix = log.flip(0).cumsum(0).flip(0)  # suffix[i] = sum_{k >= i} log lambda_k
     denom = suffix[cand] - n * log[cand]
@@ -73,7 +90,7 @@ def hill_alpha(eigs: torch.Tensor, max_candidates: int = 256) -> float:
     return float(alpha[ks.argmin()])
 
 
-def matrix_alpha(weight: torch.Tensor, max_candidates: int = 256) -> float:
+def matrix_alpha(weight: torch.Tensor, xmin: str = "peak") -> float:
     """alpha of one weight matrix, from its ESD: the eigenvalues of W^T W (squared singular values).
 
     Taken from the smaller Gram matrix with a float64 ``eigvalsh``: the same spectrum as
@@ -81,7 +98,7 @@ def matrix_alpha(weight: torch.Tensor, max_candidates: int = 256) -> float:
     """
     w = weight.detach().double()
     gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
-    return hill_alpha(torch.linalg.eigvalsh(gram), max_candidates)
+    return hill_alpha(torch.linalg.eigvalsh(gram), xmin)
 
 
 def esd(views: list[LayerView], stats: Any = None, **_: Any) -> list[float]:

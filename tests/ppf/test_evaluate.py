@@ -71,3 +71,18 @@ def test_zero_shot_rejects_unbuilt_tasks(tasks_dir):
 def test_chance_level(tasks_dir):
     assert chance_level(tasks_dir, "social_iqa") == pytest.approx(1 / 3)
     assert chance_level(tasks_dir, "hyperbaton") == pytest.approx(1 / 2)
+
+
+def test_speed_reports_throughput_and_memory():
+    from ppf.evaluate import peak_memory_during, speed
+    from tiny import make_tokenizer
+
+    model, _ = make_llama(4, 2)
+    s = speed(model, make_tokenizer(), seqlen=32, batch=2, new_tokens=4)
+    assert s["prefill_tok_s"] > 0 and s["generate_tok_s"] > 0
+    assert s["weights_mb"] == pytest.approx(sum(p.numel() * 4 for p in model.parameters()) / 2**20)
+    assert s["peak_mem_mb"] >= s["weights_mb"]
+    import torch
+
+    out, peak = peak_memory_during(lambda: torch.ones(64, 2**20).sum())  # a 256 MB temporary
+    assert out.item() == 64 * 2**20 and peak > 100

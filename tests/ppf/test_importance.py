@@ -77,7 +77,18 @@ def test_hill_alpha_recovers_pareto_exponent(alpha):
     pareto = 0.7 * u ** (-1 / (alpha - 1))  # density ~ lambda^-alpha above 0.7
     assert hill_alpha(pareto) == pytest.approx(alpha, abs=0.15)
     bulk = torch.rand(2000, generator=g, dtype=torch.float64) * 0.7  # a non-power-law bulk below the tail
-    assert hill_alpha(torch.cat([bulk, pareto])) == pytest.approx(alpha, abs=0.25)
+    for rule in ("peak", "all"):
+        assert hill_alpha(torch.cat([bulk, pareto]), xmin=rule) == pytest.approx(alpha, abs=0.25)
+
+
+def test_hill_alpha_survives_a_cluster_of_top_eigenvalues_and_checks_its_rule():
+    g = torch.Generator().manual_seed(4)
+    pareto = 1.0 * torch.rand(3000, generator=g, dtype=torch.float64) ** (-1 / 2.0)  # alpha = 3
+    cliff = pareto.max() * (1 + 0.01 * torch.arange(1, 11, dtype=torch.float64))  # 10 tightly packed giants
+    eigs = torch.cat([pareto, cliff])
+    assert hill_alpha(eigs, xmin="peak") == pytest.approx(3.0, abs=0.3)
+    with pytest.raises(PPFError, match="'middle'.*peak, all"):
+        hill_alpha(eigs, xmin="middle")
 
 
 def test_heavy_tailed_weights_get_lower_alpha_and_higher_esd_importance(tiny_mha):

@@ -15,15 +15,6 @@ from ppf.prune import plan_of, prune_model
 from tiny import make_llama, make_text
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls are ~100x slower with 2 OpenMP threads on a shared, busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_plan(model, seed: int = 0) -> PruningPlan:
     """A random plan respecting the GQA rule, with the corner cases on fixed layers.
 
