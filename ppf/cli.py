@@ -31,21 +31,29 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def _field_table(title: str) -> Table:
+    """A two-column (field, value) table, the shape of every report here."""
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", justify="right")
+    return table
+
+
 @app.command()
 def info(model: ModelOpt = "smollm2-135m",
          as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False) -> None:
     """Print a model's architecture: layers, heads, KV heads, head_dim, MLP size, parameters."""
-    from ppf.arch import describe_config
+    from ppf.arch import describe, describe_config
+    from ppf.engine import is_checkpoint, load_model
     from ppf.models import load_config
 
-    arch = describe_config(load_config(model))
+    # a pruned checkpoint's layers differ from its (dense) config: describe the real modules
+    arch = describe(load_model(model)[0]) if is_checkpoint(model) else describe_config(load_config(model))
     data = dataclasses.asdict(arch)
     if as_json:
         console.print_json(json.dumps(data))
         return
-    table = Table(title=f"{model}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value", justify="right")
+    table = _field_table(model)
     rows = [
         ("model type", arch.model_type),
         ("layers", str(arch.n_layers)),
@@ -91,9 +99,7 @@ def prune(model: ModelOpt = "smollm2-135m",
     if as_json:
         console.print_json(json.dumps(report))
         return
-    table = Table(title=f"{model} pruned with {policy} to {ratio:.3f}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value", justify="right")
+    table = _field_table(f"{model} pruned with {policy} to {ratio:.3f}")
     table.add_row("actual block reduction", f"{report['actual_block_ratio']:.4f}")
     table.add_row("actual whole-model reduction", f"{report['actual_model_ratio']:.4f}")
     table.add_row("params before -> after", f"{report['params_before']:,} -> {report['params_after']:,}")

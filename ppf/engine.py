@@ -41,6 +41,16 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:12]
 
 
+def _importance_code() -> str:
+    """A hash of the importance sources: a change in how scores are computed invalidates the cache."""
+    import ppf.importance
+
+    h = hashlib.sha256()
+    for f in sorted(Path(ppf.importance.__file__).parent.glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def token_batches(root: Path, model_ref: str, tokenizer: Any, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration [N, L] from train, held-out [n, l] from valid) token batches for this model.
 
@@ -76,7 +86,7 @@ def importance(model: torch.nn.Module, model_ref: str, calib: torch.Tensor, para
 
     pp = params.pruning
     meta = {"model": str(model_ref), "calibration": _digest(calib), "unit_importance": pp.unit_importance,
-            "outlier_m": pp.outlier_m}
+            "outlier_m": pp.outlier_m, "code": _importance_code()}
     name = f"{_slug(model_ref)}-{hashlib.sha256(repr(sorted(meta.items())).encode()).hexdigest()[:10]}"
     for folder in (*also_look_in, *([cache_dir] if cache_dir else [])):
         if Path(folder, f"{name}.json").is_file():

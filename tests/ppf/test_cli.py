@@ -115,3 +115,12 @@ def test_info_prints_the_architecture(tiny_model_dir, capsys):
     assert code == 0
     info = json.loads(stdout)
     assert (info["n_layers"], info["n_heads"], info["n_kv_heads"], info["head_dim"]) == (3, 4, 2, 16)
+
+
+def test_info_on_a_pruned_checkpoint_shows_per_layer_shapes(project, tiny_model_dir, capsys):
+    out = project / "pruned"
+    assert run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.5", "--policy", "bi:0.5", "--out", str(out)], capsys)[0] == 0
+    code, stdout, _ = run(["info", "--model", str(out), "--json"], capsys)
+    info = json.loads(stdout)
+    assert code == 0 and info["block_params"] < json.loads(run(["info", "--model", str(tiny_model_dir), "--json"], capsys)[1])["block_params"]
+    assert len(info["intermediate_per_layer"]) == 3
