@@ -101,10 +101,9 @@ def importance(model: torch.nn.Module, model_ref: str, calib: torch.Tensor, para
     t = time.perf_counter()
     units = unit_importance(model, calib, kind=pp.unit_importance)
     timings["units_s"] = time.perf_counter() - t
-    meta = meta | {"timings": timings}
-    if prefix is not None:
+    if prefix is not None:  # timings stay out of the file: same inputs -> same bytes (DVC hashes)
         save_importance(prefix, layer, units, meta)
-    return Importance(layer, units, meta)
+    return Importance(layer, units, meta | {"timings": timings})
 
 
 def make_plan(shape: DenseShape, imp: Importance, policy: str, ratio: float, params: Params) -> PruningPlan:
