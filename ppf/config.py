@@ -101,6 +101,17 @@ class PruningParams(Section):
     outlier_m: float = Field(5.0, gt=0, description="OWL's M: a Wanda score above M x mean is an outlier")
 
 
+class CollectParams(Section):
+    """The mask dataset: which policies are sampled and evaluated for real (paper grid by default)."""
+
+    n_samples: int | None = Field(400, gt=0, description="grid points evaluated (None = the whole grid)")
+    seed: int = 0
+    ratios: tuple[float, float, float] = (0.1, 0.7, 0.025)
+    a_etas: tuple[float, float, float] = (0.0, 0.5, 0.05)
+    methods: list[Literal["lod", "esd", "bi"]] = ["lod", "esd", "bi"]
+    workers: int = Field(1, gt=0, description="samples evaluated at once (threads); 1 is fastest on a 2-core CPU")
+
+
 class TasksParams(Section):
     names: list[str] = ["goal_step_wikihow", "social_iqa", "hyperbaton"]
     limit: int | None = Field(500, gt=0, description="examples per task (None = all)")
@@ -136,6 +147,7 @@ class Params(Section):
     calibration: CalibrationParams = Field(default_factory=CalibrationParams)
     js: JSParams = Field(default_factory=JSParams)
     pruning: PruningParams = Field(default_factory=PruningParams)
+    collect: CollectParams = Field(default_factory=CollectParams)
     tasks: TasksParams = Field(default_factory=TasksParams)
     eval: EvalParams = Field(default_factory=EvalParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
