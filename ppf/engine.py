@@ -156,12 +156,12 @@ def prune(model_ref: str, ratio: float, policy: str, out: Path | None, params: P
         out = Path(out)
         if out.exists() and not (out / LAYERS).is_file() and (not out.is_dir() or any(out.iterdir())):
             raise PPFError(f"--out '{out}' exists and is not a ppf checkpoint; choose a new directory")
+    if is_checkpoint(model_ref):
+        raise PPFError(f"'{model_ref}' is already a pruned checkpoint; prune its base model instead")
     times: dict[str, float] = {}
     t = time.perf_counter()
     progress(f"loading {model_ref}")
     model, tokenizer = load_model(model_ref, params.model.dtype)
-    if is_checkpoint(model_ref):
-        raise PPFError(f"'{model_ref}' is already a pruned checkpoint; prune its base model instead")
     before = describe(model)
     times["load_s"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -124,3 +124,10 @@ def test_info_on_a_pruned_checkpoint_shows_per_layer_shapes(project, tiny_model_
     info = json.loads(stdout)
     assert code == 0 and info["block_params"] < json.loads(run(["info", "--model", str(tiny_model_dir), "--json"], capsys)[1])["block_params"]
     assert len(info["intermediate_per_layer"]) == 3
+
+
+def test_pruning_a_pruned_checkpoint_is_refused(project, tiny_model_dir, capsys):
+    out = project / "pruned"
+    assert run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--out", str(out)], capsys)[0] == 0
+    code, _, err = run(["prune", "--model", str(out), "--ratio", "0.3"], capsys)
+    assert code == 2 and "already a pruned checkpoint" in err
