@@ -31,6 +31,17 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def _project(params: Path, model: str | None = None):
+    """(validated params, with ``model`` as the model when given; the project root)."""
+    from ppf.config import load_params
+    from ppf.paths import project_root
+
+    p = load_params(params)
+    if model is not None:
+        p = p.model_copy(update={"model": p.model.model_copy(update={"name": model})})
+    return p, (params.resolve().parent if params.is_file() else project_root())
+
+
 def _field_table(title: str) -> Table:
     """A two-column (field, value) table, the shape of every report here."""
     table = Table(title=title, show_header=False)
@@ -82,17 +93,21 @@ def info(model: ModelOpt = "smollm2-135m",
 @app.command()
 def prune(model: ModelOpt = "smollm2-135m",
           ratio: Annotated[float, typer.Option("--ratio", "-r", help="target reduction of the transformer blocks' parameters, in (0, 1)")] = 0.2,
-          policy: Annotated[str, typer.Option("--policy", "-p", help="lod:A | esd:A | bi:A | uniform  (A = a_eta in [0, 0.5])")] = "uniform",
+          policy: Annotated[str, typer.Option("--policy", "-p", help="lod:A | esd:A | bi:A | uniform  (A = a_eta in [0, 0.5]) | agent (the trained agent decides)")] = "uniform",
           out: Annotated[Path | None, typer.Option("--out", "-o", help="write the pruned checkpoint here")] = None,
           params: ParamsOpt = Path("params.yaml"),
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Prune a model with a policy to a target ratio; print actual ratio, parameters and time."""
-    from ppf.config import load_params
     from ppf.engine import prune as run_prune
-    from ppf.paths import project_root
 
-    p = load_params(params)
-    root = params.resolve().parent if params.is_file() else project_root()
+    p, root = _project(params)
+    if policy == "agent":  # the trained agent decides
+        from ppf.agent.recipe import answer
+
+        chosen = answer(root, _project(params, model)[0], ratio)
+        if chosen["warning"]:
+            err.print(f"[bold yellow]warning:[/] {chosen['warning']}", highlight=False, soft_wrap=True)
+        policy = chosen["policy"]
     with err.status("pruning") as status:
         report = run_prune(model, ratio, policy, out, p, root, progress=lambda m: status.update(m))
     report = {k: v for k, v in report.items() if not k.startswith("_")}
@@ -120,12 +135,9 @@ def eval_(model: ModelOpt = "smollm2-135m",
           zero_shot: Annotated[bool, typer.Option("--zero-shot/--no-zero-shot", help="also run the lm-eval tasks")] = False,
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Perplexity (valid/test), JS vs --base and zero-shot accuracy of a model or pruned checkpoint."""
-    from ppf.config import load_params
     from ppf.evaluate import evaluate_model
-    from ppf.paths import project_root
 
-    p = load_params(params)
-    root = params.resolve().parent if params.is_file() else project_root()
+    p, root = _project(params)
     with err.status(f"evaluating {model}"):
         result = evaluate_model(model, root, p, splits=[s.strip() for s in splits.split(",") if s.strip()],
                                 zero_shot_tasks=zero_shot, base=base)
@@ -146,6 +158,94 @@ def eval_(model: ModelOpt = "smollm2-135m",
     console.print(table)
 
 
+@app.command()
+def predict(model: ModelOpt = "smollm2-135m",
+            ratio: Annotated[float, typer.Option("--ratio", "-r", help="target block ratio, in (0, 1)")] = 0.2,
+            policy: Annotated[str, typer.Option("--policy", "-p", help="lod:A | esd:A | bi:A | uniform")] = "uniform",
+            predictor: Annotated[str | None, typer.Option(
+                help="predictor directory/file, or registry:champion | registry:<version> "
+                     "(default: the project's models/predictor)")] = None,
+            verify: Annotated[bool, typer.Option("--verify", help="also prune for real and measure the true JS")] = False,
+            params: ParamsOpt = Path("params.yaml"),
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Predict the JS divergence of a policy at a ratio with the trained CNN (no weights touched)."""
+    import tempfile
+
+    from ppf.policy import Policy, check_ratio
+    from ppf.predictor import Predictor, recipe
+
+    check_ratio(ratio)
+    pol = Policy.parse(policy)
+    p, root = _project(params, model)
+    with tempfile.TemporaryDirectory() as scratch:
+        pred = Predictor.load(recipe.locate(predictor, root, p, scratch), root, p)
+    out = pred.predict(str(pol), ratio)
+    report = {"model": model, "policy": str(pol), "target_ratio": ratio, "actual_ratio": out["actual_ratio"],
+              "predicted_js": out["js"], "predictor_ms": out["ms"], "input": pred.meta["input"]}
+    if verify:
+        with err.status("pruning and measuring the true JS"):
+            report |= recipe.verify(root, p, pol, ratio)
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    table = _field_table(f"{model}: {pol} at {ratio:.3f}")
+    table.add_row("actual block reduction", f"{report['actual_ratio']:.4f}")
+    table.add_row("predicted JS", f"{report['predicted_js']:.5f}")
+    table.add_row("predictor time", f"{report['predictor_ms']:.2f} ms")
+    if verify:
+        table.add_row("true JS", f"{report['true_js']:.5f}")
+        table.add_row("error", f"{report['predicted_js'] - report['true_js']:+.5f}")
+        table.add_row("true evaluation time", f"{report['true_eval_ms']:.0f} ms")
+    console.print(table)
+
+
+@app.command()
+def policy(model: ModelOpt = "smollm2-135m",
+           ratio: Annotated[float, typer.Option("--ratio", "-r", help="target block ratio, in (0, 1)")] = 0.3,
+           agent: Annotated[str | None, typer.Option(
+               help="agent file/directory, or registry:champion | registry:<version> "
+                    "(default: the registered champion, else the project's models/agent)")] = None,
+           params: ParamsOpt = Path("params.yaml")) -> None:
+    """The trained agent's policy for a ratio, as JSON: method, a_eta, per-layer ratios, predicted JS."""
+    from ppf.agent.recipe import answer
+    from ppf.policy import check_ratio
+
+    check_ratio(ratio)
+    p, root = _project(params, model)
+    result = answer(root, p, ratio, agent)
+    if result["warning"]:
+        err.print(f"[bold yellow]warning:[/] {result['warning']}", highlight=False, soft_wrap=True)
+    console.print_json(json.dumps(result))
+
+
+@app.command()
+def benchmark(model: ModelOpt = "smollm2-135m",
+              methods: Annotated[str | None, typer.Option(help="comma-separated, from: dense, llm_pruner, owl, "
+                                                          "alpha, shortgpt, blockpruner, ppf (default: benchmark.methods)")] = None,
+              ratios: Annotated[str | None, typer.Option(help="comma-separated target block ratios (default: benchmark.ratios)")] = None,
+              params: ParamsOpt = Path("params.yaml"),
+              out: Annotated[Path | None, typer.Option(help="CSV to write (default: results/benchmark-<model>.csv)")] = None) -> None:
+    """PPF vs the baselines on a model: perplexity, zero-shot, speed, memory. Finished cells are
+    cached, so an interrupted run resumes."""
+    from ppf.benchmark import run, table2
+    from ppf.engine import _slug
+    from ppf.io import write_text_atomic
+    from ppf.paths import cache_dir
+
+    p, root = _project(params, model)
+    try:
+        ms = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(p.benchmark.methods)
+        rs = [float(r) for r in ratios.split(",") if r.strip()] if ratios else list(p.benchmark.ratios)
+    except ValueError:
+        raise PPFError(f"--ratios {ratios!r} is not a comma-separated list of numbers, e.g. 0.2,0.4") from None
+    with err.status("benchmark") as status:
+        df = run(root, p, ms, rs, cache_dir() / "benchmark", progress=lambda m: (status.update(m), err.print(m)))
+    out = out or root / "results" / f"benchmark-{_slug(model)}.csv"
+    write_text_atomic(out, df.to_csv(index=False, float_format="%.6g"))
+    console.print(table2(df))
+    err.print(f"wrote {out}")
+
+
 @app.command(name="params")
 def params_(params: ParamsOpt = Path("params.yaml")) -> None:
     """Validate params.yaml and print the full, typed configuration (defaults filled in)."""
@@ -157,7 +257,7 @@ def params_(params: ParamsOpt = Path("params.yaml")) -> None:
 def main() -> None:
     """Entry point: run the app, turning PPFError into one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer turns Ctrl-C into a returned 130 in this mode
     except PPFError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -173,6 +273,10 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        if code == 130:
+            err.print("aborted")
+        sys.exit(code)
 
 
 if __name__ == "__main__":

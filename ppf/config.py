@@ -136,8 +136,114 @@ class EvalParams(Section):
     zero_shot_limit: int | None = Field(200, gt=0, description="examples per task for lm-eval")
 
 
+class PredictorParams(Section):
+    """The CNN performance predictor (paper, "CNN-based Performance Prediction Model") and its training."""
+
+    input: Literal["o_proj", "attention", "mlp", "o_proj+mlp"] = Field(
+        "o_proj", description="the mask image: o_proj heads (the paper), q/k/v/o heads, MLP channel "
+        "density, or o_proj heads + MLP density as two planes")
+    width: int = Field(32, gt=0, description="channels of the dilated convolutions")
+    dilations: tuple[int, int, int] = (1, 2, 3)
+    spp_levels: list[int] = Field([1, 2, 4], min_length=1, description="SPP output grids (n x n)")
+    attention: bool = Field(True, description="the spatial attention module")
+    spp: bool = Field(True, description="the spatial pyramid pooling branch")
+    density: bool = Field(True, description="the global-density branch")
+    hidden: tuple[int, int] = (128, 32)
+    epochs: int = Field(60, gt=0)
+    batch_size: int = Field(1, gt=0, description="1 is the paper's finding")
+    lr: float = Field(0.003, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of the samples")
+    split: Literal["policy", "sample"] = Field(
+        "policy", description="hold out whole policies (method, a_eta) at every ratio, or single samples")
+    seed: int = 0
+    speed_samples: int = Field(5, gt=0, description="held-out policies evaluated for real to time "
+                                "predictor vs true evaluation")
+
+
+class AgentValidation(Section):
+    """Validation of the agent on the TRUE model (paper, dynamic setting: 18 ratios in [0.2, 0.4])."""
+
+    n_ratios: int = Field(18, gt=0)
+    range: tuple[float, float] = (0.2, 0.4)
+    ppl_windows: int = Field(8, gt=0, description="valid-split perplexity windows (eval.seqlen) per pruned model")
+    grid_step: float = Field(0.05, gt=0, le=0.5, description="a_eta step of the exhaustive grid baseline")
+    owl_lambda: float = Field(0.08, ge=0, le=0.5, description="OWL's lambda (its LLaMA default)")
+    alpha_epsilon: float = Field(0.3, ge=0, le=1, description="AlphaPruning's epsilon (its LLaMA default)")
+
+
+class AgentParams(Section):
+    """The DDPG agent (paper, "Implementation Details"): 150 episodes, window 5, noise 0.5 x 0.95."""
+
+    dynamic: tuple[float, float] = Field((0.2, 0.4), description="ratio range of the dynamic agent")
+    static: list[float] = Field([0.2, 0.4, 0.5], description="one static agent per ratio")
+    episodes: int = Field(150, gt=0)
+    window: int = Field(5, gt=0, description="sampling window size k")
+    noise: float = Field(0.5, ge=0, description="initial std of the Gaussian action noise")
+    noise_decay: float = Field(0.95, gt=0, le=1, description="noise multiplier after every episode")
+    gamma: float = Field(0.0, ge=0, lt=1, description="discount; the next ratio does not depend on the action")
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, gt=0)
+    buffer_size: int = Field(10_000, gt=0)
+    learning_starts: int = Field(25, ge=0, description="random steps before learning")
+    gradient_steps: int = Field(20, gt=0, description="updates after every episode")
+    tau: float = Field(0.05, gt=0, le=1)
+    net_arch: list[int] = Field([64, 64], min_length=1)
+    seed: int = 0
+    restarts: int = Field(3, gt=0, description="agents trained per mode (seeds seed, seed+1, ...); the one with "
+                          "the best mean predicted reward over the mode's ratios is kept")
+    validation: AgentValidation = Field(default_factory=AgentValidation)
+
+
+class SearchParams(Section):
+    """Beyond the paper: CMA-ES over full per-layer ratio vectors, predictor as fitness (static ratios)."""
+
+    budget: int = Field(800, gt=0, description="predictor calls per ratio")
+    sigma0: float = Field(0.03, gt=0, description="initial step size in ratio units")
+    top_k: int = Field(3, gt=0, description="best candidates evaluated for real")
+    seed: int = 0
+
+
+class BlockPrunerParams(Section):
+    n_samples: int = Field(4, gt=0, description="calibration sequences scoring each candidate removal")
+    seqlen: int = Field(128, ge=2)
+
+
+class BenchmarkParams(Section):
+    """PPF vs re-run baselines on the same model, data and engine (results/benchmark.csv)."""
+
+    methods: list[str] = ["dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf"]
+    ratios: list[float] = Field([0.2, 0.4, 0.5], min_length=1)
+    max_windows: int | None = Field(32, gt=0, description="test perplexity windows of eval.seqlen (None = all)")
+    zero_shot_limit: int | None = Field(100, gt=0, description="examples per task")
+    extra_corpus: str | None = Field(None, description="a second text file (relative to the project) "
+                                     "whose perplexity is reported too")
+    speed_seqlen: int = Field(256, ge=2, description="batched prefill: tokens per sequence")
+    speed_batch: int = Field(4, gt=0)
+    new_tokens: int = Field(32, gt=0, description="batch-1 greedy generation length")
+    llm_pruner_keep: tuple[int, int] = Field((4, 2), description="first / last layers LLM-Pruner leaves "
+                                             "unpruned (its LLaMA-7B default: layers 4..29 of 32 pruned)")
+    blockpruner: BlockPrunerParams = Field(default_factory=BlockPrunerParams)
+    register_models: bool = Field(True, description="log + register the PPF-pruned models in MLflow")
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> "BenchmarkParams":
+        from ppf.benchmark import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+        bad = [r for r in self.ratios if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"ratio {bad[0]} is outside (0, 1)")
+        return self
+
+
 class TrackingParams(Section):
     experiment: str = "ppf"
+    predictor_name: str = Field("ppf-predictor", description="registered model name of the predictor")
+    agent_name: str = Field("ppf-agent", description="registered model name of the agent")
 
 
 class Params(Section):
@@ -150,6 +256,10 @@ class Params(Section):
     collect: CollectParams = Field(default_factory=CollectParams)
     tasks: TasksParams = Field(default_factory=TasksParams)
     eval: EvalParams = Field(default_factory=EvalParams)
+    predictor: PredictorParams = Field(default_factory=PredictorParams)
+    agent: AgentParams = Field(default_factory=AgentParams)
+    search: SearchParams = Field(default_factory=SearchParams)
+    benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
 
 

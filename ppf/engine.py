@@ -75,12 +75,13 @@ def token_batches(root: Path, model_ref: str, tokenizer: Any, params: Params) ->
             calibration_batch(valid, js.n_samples, js.seqlen, js.seed))
 
 
-def importance(model: torch.nn.Module, model_ref: str, calib: torch.Tensor, params: Params,
+def importance(model: torch.nn.Module | None, model_ref: str, calib: torch.Tensor, params: Params,
                cache_dir: Path | None, also_look_in: tuple[Path, ...] = ()) -> Importance:
     """Layer scores for every method + unit scores; computed once, then read from the cache.
 
     The cache key is (model, calibration tokens, unit kind, OWL's M); a hit in ``cache_dir`` or
     any of ``also_look_in`` (e.g. the `importance` stage's ``data/importance``) skips the model.
+    ``model=None`` reads the cache only (a miss is a PPFError).
     """
     from ppf.importance import layer_importance, load_importance, save_importance, unit_importance
 
@@ -93,6 +94,9 @@ def importance(model: torch.nn.Module, model_ref: str, calib: torch.Tensor, para
             layer, units, stored = load_importance(Path(folder) / name)
             if {k: stored.get(k) for k in meta} == meta:
                 return Importance(layer, units, stored)
+    if model is None:  # a caller that only plans (predictor, agent) must not silently load a model
+        raise PPFError(f"no importance scores for {model_ref} with these calibration tokens and pruning "
+                       "settings; run `dvc repro importance` (or `ppf prune` once) first")
     prefix = Path(cache_dir) / name if cache_dir else None
     timings: dict[str, float] = {}
     t = time.perf_counter()

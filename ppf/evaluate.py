@@ -173,11 +173,26 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), so that the RSS a call then
+    grows by is what it allocates — not hidden by pages an earlier model freed but the
+    allocator kept (which made a dense model look like it needed no activation memory)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS growth may under-count
+        pass
+
+
 def peak_memory_during(fn, *args, interval: float = 0.002, **kwargs) -> tuple[object, float]:
     """(fn's result, peak memory in MB while it ran above what was resident before).
 
-    On CUDA: torch's max allocated bytes. On CPU: the peak RSS growth, sampled by a thread every
-    ``interval`` seconds — the activations and buffers the call needed on top of the weights.
+    On CUDA: torch's max allocated bytes. On CPU: the peak RSS growth (after freed pages went back
+    to the OS), sampled by a thread every ``interval`` seconds — the activations and buffers the
+    call needed on top of the weights.
     """
     import threading
 
@@ -188,6 +203,7 @@ def peak_memory_during(fn, *args, interval: float = 0.002, **kwargs) -> tuple[ob
         base = torch.cuda.memory_allocated()
         out = fn(*args, **kwargs)
         return out, (torch.cuda.max_memory_allocated() - base) / 2**20
+    _release_free_memory()
     base, peak, done = _rss_bytes(), [0], threading.Event()
 
     def sample() -> None:

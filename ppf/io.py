@@ -90,3 +90,20 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_artifact(path: str | Path, filename: str, what: str, stage: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(file, tensors, metadata) of a ppf artifact given as its file or its directory; a missing one
+    is a PPFError naming the stage that makes it."""
+    from ppf.errors import PPFError
+
+    path = Path(path)
+    file = path / filename if path.is_dir() else path
+    if not file.is_file():
+        raise PPFError(f"no trained {what} at '{path}'; run `dvc repro {stage}` or pass the path of one")
+    try:
+        tensors, meta = read_tensors(file)
+    except Exception as exc:
+        raise PPFError(f"'{file}' is not a ppf {what} ({type(exc).__name__}: {str(exc)[:120]}); "
+                       f"retrain it with `dvc repro {stage}`") from None
+    return file, tensors, meta

@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pyfunc
+
+
+# read once: mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into the environment itself
+_USER_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -34,9 +39,11 @@ def configure(root: str | Path) -> str:
     root = Path(root).resolve()
     store = root / "mlruns"
     store.mkdir(parents=True, exist_ok=True)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
+    uri = _USER_URI or f"sqlite:///{store / 'mlflow.db'}"
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return uri
 
 
@@ -85,3 +92,123 @@ def runs(root: str | Path, experiment: str) -> list[dict[str, Any]]:
         return []
     df = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     return df.to_dict("records")
+
+
+# ---- the model registry ------------------------------------------------------------------------
+class _PredictorModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a ppf predictor: mask images [N, C, L, W] → predicted JS [N]."""
+
+    _skip_type_hint_validation = True  # inputs are arrays, not a schema mlflow could infer
+
+    def load_context(self, context):
+        from ppf.predictor import load_predictor
+
+        self.net, self.meta = load_predictor(context.artifacts["predictor"])
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import torch
+
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        with torch.no_grad():
+            return self.net(x.reshape(-1, *self.meta["image_shape"])).numpy()
+
+
+class _AgentModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of ppf agents: target ratios [N] → the chosen policies as text [N]."""
+
+    _skip_type_hint_validation = True
+
+    def load_context(self, context):
+        from ppf.agent import Agents
+
+        self.agents = Agents.load(context.artifacts["agent"])
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+
+        return [str(self.agents.decide(float(r))["policy"]) for r in np.asarray(model_input, dtype=float).ravel()]
+
+
+class _PrunedModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a pruned checkpoint: prompts [N] → greedy continuations [N] (32 tokens)."""
+
+    _skip_type_hint_validation = True
+
+    def load_context(self, context):
+        from ppf.checkpoint import load_pruned
+
+        self.model, self.tokenizer = load_pruned(context.artifacts["pruned"])
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        out = []
+        for prompt in list(model_input):
+            ids = self.tokenizer(str(prompt), return_tensors="pt")
+            with torch.no_grad():
+                gen = self.model.generate(**ids, max_new_tokens=32, do_sample=False,
+                                          pad_token_id=self.tokenizer.eos_token_id)
+            out.append(self.tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+        return out
+
+
+_WRAPPERS = {"predictor": _PredictorModel, "agent": _AgentModel, "pruned": _PrunedModel}
+
+
+def log_and_register(kind: str, path: str | Path, registered_name: str, tags: Mapping[str, str] | None = None) -> str:
+    """Log a ppf file (``kind`` = predictor | agent) as a pyfunc model in the active run, register it,
+    return the version. pip requirements are given, not inferred (inference is slow)."""
+    import torch
+
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the cloudpickle notice: our classes are importable
+    info = mlflow.pyfunc.log_model(name=kind, python_model=_WRAPPERS[kind](), artifacts={kind: str(path)},
+                                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "safetensors"])
+    mv = mlflow.register_model(info.model_uri, registered_name, tags=dict(tags or {}))
+    return str(mv.version)
+
+
+def champion(name: str, alias: str = "champion") -> dict[str, Any] | None:
+    """The version holding ``alias`` ({version, run_id, tags}) or None (no model / no alias yet)."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags or {})}
+
+
+def version_file(name: str, version: str, artifact: str, dst: str | Path) -> Path:
+    """Download one artifact (e.g. the predictor file) of a registered model version into ``dst``."""
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    return root / "artifacts" / artifact
+
+
+def set_alias(name: str, version: str, alias: str = "champion") -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), k, str(v))
+
+
+def set_run_tags(tags: Mapping[str, Any]) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def load_registered_pruned(root: str | Path, name: str, version: str = "latest"):
+    """(model, tokenizer) of a registered pruned model, e.g. ``("ppf-pruned-0.4", "latest")`` —
+    one call; ``version`` is a number, ``latest`` or ``@alias``."""
+    import tempfile
+
+    from ppf.checkpoint import load_pruned
+
+    configure(root)
+    uri = f"models:/{name}{version}" if version.startswith("@") else f"models:/{name}/{version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        return load_pruned(next((local / "artifacts").iterdir()))  # the one checkpoint directory

@@ -86,3 +86,44 @@ def make_llama(n_heads: int, n_kv_heads: int, *, layers: int = 3, seed: int = 0,
     return model.eval(), tok
 
 
+
+
+# ---- project helpers (flow and CLI tests) ------------------------------------------------------
+# A whole pipeline on a tiny model in seconds: few samples, tiny networks, short trainings.
+TINY_PIPELINE = {
+    "collect": {"n_samples": 12, "ratios": [0.2, 0.5, 0.1], "a_etas": [0.0, 0.5, 0.25]},
+    "pruning": {"unit_importance": "activation", "tolerance": 0.02},
+    "predictor": {"epochs": 3, "width": 4, "hidden": [8, 4], "speed_samples": 1, "test_fraction": 0.25},
+    "agent": {"dynamic": [0.2, 0.4], "static": [0.3], "episodes": 4, "window": 2, "learning_starts": 2,
+              "batch_size": 4, "gradient_steps": 2, "net_arch": [8],
+              "validation": {"n_ratios": 3, "ppl_windows": 1, "grid_step": 0.25}},
+    "search": {"budget": 20, "top_k": 2},
+}
+
+
+def edit_params(project, **sections) -> None:
+    """Merge ``sections`` into the project's params.yaml (one level deep)."""
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for k, v in sections.items():
+        params[k] = {**params.get(k, {}), **v}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run `ppf argv...` in-process; return (exit code, stdout, stderr)."""
+    import sys
+
+    from ppf.cli import main
+
+    old, sys.argv = sys.argv, ["ppf", *argv]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err

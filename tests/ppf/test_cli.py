@@ -13,22 +13,11 @@ import yaml
 from ppf.cli import main
 from ppf.data.corpus import calibration_batch
 from ppf.io import write_tensors_atomic, write_text_atomic
-from tiny import make_text
+from tiny import make_text, run_cli
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run `ppf argv...` in-process; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["ppf", *argv]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 @pytest.fixture

@@ -1,0 +1,84 @@
+"""Trained agents on disk (safetensors, no pickle) and the decision ``ratio → policy``.
+
+One agent file holds the actor of every trained mode — the dynamic one (a ratio range) and the
+static ones (one ratio each) — with the range each was trained on. :meth:`Agents.decide` picks
+the mode for a ratio: a static agent trained at exactly that ratio, else the dynamic agent.
+A ratio outside every trained range is ANSWERED, with a warning: any action decodes to a valid
+policy and the plan meets the ratio exactly, but the agent never saw such ratios, so the policy
+may be poor — the warning says so and names the trained range (refusing would break a deployment
+whose budget drifts slightly; a hard limit belongs to the caller).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppf.agent.ddpg import act, build_actor
+from ppf.agent.env import decode, observe
+from ppf.errors import PPFError
+from ppf.policy import Policy, check_ratio
+
+FILE = "agent.safetensors"
+
+
+def save_agents(actors: dict[str, torch.nn.Module], modes: dict[str, tuple[float, float]], path: str | Path,
+                meta: dict[str, Any]) -> Path:
+    """Write every mode's actor + metadata atomically (``path``: a directory or a .safetensors file)."""
+    from ppf.io import write_tensors_atomic
+
+    path = Path(path)
+    file = path if path.suffix == ".safetensors" else path / FILE
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{mode}/{k}": v for mode, actor in actors.items() for k, v in actor.state_dict().items()}
+    return write_tensors_atomic(file, tensors, {**meta, "modes": {m: list(r) for m, r in modes.items()}})
+
+
+@dataclass
+class Agents:
+    actors: dict[str, torch.nn.Module]
+    modes: dict[str, tuple[float, float]]
+    meta: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Agents":
+        from ppf.io import read_artifact
+
+        file, tensors, meta = read_artifact(path, FILE, "agent", "train_agent")
+        try:
+            actors = {}
+            for mode in meta["modes"]:
+                actor = build_actor(tuple(meta["net_arch"]))
+                actor.load_state_dict({k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == mode})
+                actors[mode] = actor
+        except Exception as exc:
+            raise PPFError(f"'{file}' is not a ppf agent ({type(exc).__name__}: {str(exc)[:120]}); "
+                           "retrain it with `dvc repro train_agent`") from None
+        return cls(actors, {m: (float(a), float(b)) for m, (a, b) in meta["modes"].items()}, meta)
+
+    def mode_for(self, ratio: float) -> tuple[str, str | None]:
+        """(mode, warning or None) for a ratio."""
+        for mode, (a, b) in self.modes.items():
+            if a == b and abs(ratio - a) < 1e-9:
+                return mode, None
+        ranges = {m: r for m, r in self.modes.items() if r[0] < r[1]}
+        for mode, (a, b) in ranges.items():
+            if a - 1e-9 <= ratio <= b + 1e-9:
+                return mode, None
+        trained = ", ".join(f"{m} [{a:g}, {b:g}]" for m, (a, b) in self.modes.items())
+        mode = next(iter(ranges), next(iter(self.modes)))
+        return mode, (f"ratio {ratio:g} is outside every trained range ({trained}); answering with the "
+                      f"'{mode}' agent, whose policy for it is an extrapolation: verify it (ppf predict --verify) "
+                      "or train a static agent at this ratio (agent.static in params.yaml)")
+
+    def decide(self, ratio: float) -> dict[str, Any]:
+        """The policy for ``ratio``: {policy, mode, warning, decision_ms}."""
+        ratio = check_ratio(ratio)
+        t = time.perf_counter()
+        mode, warning = self.mode_for(ratio)
+        policy: Policy = decode(act(self.actors[mode], observe(ratio, *self.modes[mode])))
+        return {"policy": policy, "mode": mode, "warning": warning, "decision_ms": (time.perf_counter() - t) * 1e3}

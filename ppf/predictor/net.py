@@ -1,0 +1,93 @@
+"""The CNN that reads a pruning mask as an image and predicts the pruned model's JS divergence.
+
+The paper's design ("CNN-based Performance Prediction Model"), read top to bottom:
+
+1. three 3x3 convolutions with growing dilation — a mask is noisy pixel by pixel, dilation widens
+   the receptive field (neighbouring layers and heads) without downsampling a 30x9 image;
+2. spatial attention (CBAM-style: channel mean and max → conv → sigmoid) weights the positions
+   that matter — keeping or dropping a critical head is what moves JS;
+3. two poolings of the attended features: spatial pyramid pooling (fixed n x n grids, so layout
+   survives and ANY mask size gives the same feature length) and global average pooling;
+4. a density branch: the global average of the raw input, i.e. the fraction of units kept;
+5. the branches concatenated → three fully connected layers → one number.
+
+The target is standardised with the training set's mean and std, kept as buffers so that a saved
+network predicts JS in its own units. Every branch can be switched off for the ablations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The architecture. ``in_channels`` is the number of planes in the mask image."""
+
+    in_channels: int = 1
+    width: int = 32
+    dilations: tuple[int, ...] = (1, 2, 3)
+    spp_levels: tuple[int, ...] = (1, 2, 4)
+    attention: bool = True
+    spp: bool = True
+    density: bool = True
+    hidden: tuple[int, int] = (128, 32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class SpatialAttention(nn.Module):
+    """A [B, 1, H, W] weight map from the channel-wise mean and max of the features."""
+
+    def __init__(self, kernel: int = 5):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+class PredictorNet(nn.Module):
+    """Mask image [B, C, L, G] (any L, G) → predicted JS [B]."""
+
+    def __init__(self, config: NetConfig):
+        super().__init__()
+        self.config = c = config
+        convs, channels = [], c.in_channels
+        for d in c.dilations:
+            convs += [nn.Conv2d(channels, c.width, 3, padding=d, dilation=d), nn.ReLU()]
+            channels = c.width
+        self.features = nn.Sequential(*convs)
+        self.attention = SpatialAttention() if c.attention else nn.Identity()
+        n = c.width  # global average pooling is always there
+        if c.spp:
+            n += c.width * sum(k * k for k in c.spp_levels)
+        if c.density:
+            n += c.in_channels
+        h1, h2 = c.hidden
+        self.head = nn.Sequential(nn.Linear(n, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 1))
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardised prediction (what training fits)."""
+        f = self.attention(self.features(x))
+        parts = [f.mean(dim=(2, 3))]
+        if self.config.spp:
+            parts += [F.adaptive_max_pool2d(f, k).flatten(1) for k in self.config.spp_levels]
+        if self.config.density:
+            parts.append(x.mean(dim=(2, 3)))
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.raw(x) * self.target_std + self.target_mean

@@ -1,0 +1,96 @@
+"""`benchmark` on a tiny project: every method at a ratio, the outputs, resume, registered models."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from tiny import TINY_PIPELINE, edit_params, run_cli
+
+from flows.benchmark import benchmark_flow
+from flows.collect import collect
+from flows.prepare import prepare
+from flows.train_agent import train_agent_flow
+from flows.train_predictor import train_predictor_flow
+
+COLUMNS = {"method", "target_ratio", "actual_ratio", "ppl_test", "zs_mean", "tokens_per_s", "peak_mem_mb"}
+
+
+@pytest.fixture
+def bench_project(tiny_project):
+    edit_params(tiny_project, **TINY_PIPELINE)
+    edit_params(tiny_project, benchmark={"ratios": [0.34], "max_windows": 2, "zero_shot_limit": 2, "speed_seqlen": 8,
+                                         "speed_batch": 1, "new_tokens": 2, "llm_pruner_keep": [1, 0],
+                                         "blockpruner": {"n_samples": 2, "seqlen": 16}})
+    for stage in (prepare, collect, train_predictor_flow, train_agent_flow):
+        stage("params.yaml", root=str(tiny_project))
+    return tiny_project
+
+
+def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch):
+    result = benchmark_flow("params.yaml", root=str(bench_project))
+    df = pd.read_csv(bench_project / "results" / "benchmark.csv")
+    assert COLUMNS <= set(df.columns)
+    assert set(df.method) == {"dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf"}
+    assert len(df) == 7 and (df[df.method == "dense"].actual_ratio == 0).all()
+    width = df[df.method.isin(["llm_pruner", "owl", "alpha", "ppf"])]
+    assert ((width.actual_ratio - 0.34).abs() <= 0.02 + 1e-9).all()
+    assert df[df.method == "shortgpt"].actual_ratio.iloc[0] == pytest.approx(1 / 3, abs=1e-3)  # 1 of 3 layers
+    pruned = df[df.method != "dense"]
+    assert (pruned.params < df[df.method == "dense"].params.iloc[0]).all()
+    assert (df.ppl_test > 1).all() and df.zs_mean.between(0, 1).all() and (df.peak_mem_mb > 0).all()
+    for f in ("results/benchmark.md", "plots/benchmark/ppl.png", "plots/benchmark/zeroshot.png",
+              "plots/benchmark/speed.png", "models/pruned/ppf-0.34/model.safetensors"):
+        assert (bench_project / f).stat().st_size > 0
+    metrics = json.loads((bench_project / "metrics" / "benchmark.json").read_text())
+    assert "best_baseline" in metrics["0.34"] and "ppf_ppl" in metrics["0.34"]
+    assert result["registered"] == {"ppf-pruned-0.34": "1"}
+    from ppf import tracking
+
+    model, tok = tracking.load_registered_pruned(bench_project, "ppf-pruned-0.34")
+    assert sum(p.numel() for p in model.parameters()) == df[df.method == "ppf"].params.iloc[0]
+
+    # a rerun takes every cell from the cache: no model is built again
+    import ppf.benchmark as B
+
+    def boom(*a, **k):
+        raise AssertionError("a cached cell was recomputed")
+
+    monkeypatch.setattr(B, "evaluate", boom)
+    benchmark_flow("params.yaml", root=str(bench_project))
+
+
+def test_ppf_benchmark_command_resumes_from_finished_cells(bench_project, monkeypatch, capsys):
+    import sys
+
+    import ppf.benchmark as B
+    from ppf.cli import main
+
+    monkeypatch.chdir(bench_project)
+    model = yaml.safe_load((bench_project / "params.yaml").read_text())["model"]["name"]
+    argv = ["ppf", "benchmark", "--model", model, "--methods", "owl,shortgpt", "--ratios", "0.34",
+            "--out", str(bench_project / "mine.csv")]
+    real, calls = B.evaluate, []
+
+    def dies_on_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(B, "evaluate", dies_on_the_second)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 130 and not (bench_project / "mine.csv").exists()
+    monkeypatch.setattr(B, "evaluate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    main()
+    assert len(calls) == 3  # owl came from the cache; only shortgpt was evaluated again
+    df = pd.read_csv(bench_project / "mine.csv")
+    assert list(df.method) == ["owl", "shortgpt"] and "owl" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", argv[:3] + [model, "--methods", "owl,magic"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2 and "unknown benchmark method 'magic'" in capsys.readouterr().err

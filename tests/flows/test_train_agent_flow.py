@@ -1,0 +1,73 @@
+"""`train_agent` on a tiny project: agents, validation on the true model, registry, `ppf policy`."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from tiny import TINY_PIPELINE, edit_params, run_cli
+
+from flows.collect import collect
+from flows.prepare import prepare
+from flows.train_agent import train_agent_flow
+from flows.train_predictor import train_predictor_flow
+
+
+@pytest.fixture
+def agent_project(tiny_project):
+    edit_params(tiny_project, **TINY_PIPELINE)
+    prepare("params.yaml", root=str(tiny_project))
+    collect("params.yaml", root=str(tiny_project))
+    train_predictor_flow("params.yaml", root=str(tiny_project))
+    return tiny_project
+
+
+def test_train_agent_validates_on_the_true_model_and_registers(agent_project, capsys, monkeypatch):
+    result = train_agent_flow("params.yaml", root=str(agent_project))
+    metrics = json.loads((agent_project / "metrics" / "agent.json").read_text())
+    for key in ("policy_latency_ms", "mean_ppl_agent", "mean_ppl_uniform", "mean_ppl_owl", "mean_ppl_alpha",
+                "mean_ppl_grid_best"):
+        assert metrics[key] > 0, key
+    assert metrics["policy_latency_ms"] < 50
+    table = pd.read_csv(agent_project / "results" / "agent_validation.csv")
+    dyn = table[table.setting == "dynamic"]
+    assert sorted(dyn.ratio.unique()) == [0.2, 0.3, 0.4]
+    assert set(dyn.contender) == {"agent", "uniform", "owl", "alpha", "grid_best"}
+    assert ((table.actual_ratio - table.ratio).abs() <= 0.02 + 1e-9).all()
+    assert "search" in set(table[table.setting == "static"].contender)
+    curves = pd.read_csv(agent_project / "plots" / "agent" / "rewards.csv")
+    assert set(curves["mode"]) == {"dynamic", "static-0.3"} and curves.episode.max() == 4
+    assert result["registry"]["version"] == "1" and result["registry"]["champion"]
+
+    monkeypatch.chdir(agent_project)
+    model = yaml.safe_load((agent_project / "params.yaml").read_text())["model"]["name"]
+    code, out, err = run_cli(["policy", "--model", model, "--ratio", "0.25"], capsys)
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["method"] in {"lod", "esd", "bi"} and 0 <= answer["a_eta"] <= 0.5
+    assert len(answer["layer_ratios"]) == 3 and answer["predicted_js"] > 0 and answer["mode"] == "dynamic"
+    assert answer["decision_ms"] < 50 and answer["warning"] is None
+    code, out, err = run_cli(["policy", "--model", model, "--ratio", "0.6"], capsys)
+    assert code == 0 and "outside every trained range" in err and json.loads(out)["warning"]
+    code, _, err = run_cli(["policy", "--model", model, "--ratio", "1.3"], capsys)
+    assert code == 2 and "outside (0, 1)" in err
+    code, out, err = run_cli(["prune", "--model", model, "--ratio", "0.3", "--policy", "agent", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["policy"] == answer_for(agent_project, model, 0.3, capsys)
+
+
+def answer_for(project, model, ratio, capsys) -> str:
+    code, out, err = run_cli(["policy", "--model", model, "--ratio", str(ratio)], capsys)
+    assert code == 0, err
+    return json.loads(out)["policy"]
+
+
+def test_no_trained_agent_is_a_clear_error(agent_project, capsys, monkeypatch):
+    monkeypatch.chdir(agent_project)
+    model = yaml.safe_load((agent_project / "params.yaml").read_text())["model"]["name"]
+    code, _, err = run_cli(["policy", "--model", model, "--ratio", "0.3"], capsys)
+    assert code == 2 and "no trained agent" in err and "train_agent" in err
+    code, _, err = run_cli(["policy", "--model", model, "--ratio", "0.3", "--agent", "registry:champion"], capsys)
+    assert code == 2 and "champion" in err
