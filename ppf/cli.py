@@ -20,7 +20,7 @@ from ppf.errors import PPFError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ppf — predictive pruning of Llama-family LLMs.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable when piped
 err = Console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded model name (smollm2-135m) or a local directory")]
@@ -244,6 +244,84 @@ def benchmark(model: ModelOpt = "smollm2-135m",
     write_text_atomic(out, df.to_csv(index=False, float_format="%.6g"))
     console.print(table2(df))
     err.print(f"wrote {out}")
+
+
+_KEY_METRICS = {
+    "predictor": ["mae", "spearman", "r2", "max_error", "speedup", "predictor_ms"],
+    "agent": ["mean_ppl_agent", "mean_ppl_uniform", "mean_ppl_grid_best", "policy_latency_ms"],
+    "pruned": ["ppl_test", "zs_mean", "tokens_per_s", "peak_mem_mb", "actual_ratio"],
+}
+_KEY_PARAMS = {"predictor": ["predictor.input", "predictor.epochs", "predictor.lr", "predictor.split"],
+               "agent": ["agent.episodes", "agent.window", "agent.noise", "agent.noise_decay"],
+               "pruned": ["policy"]}
+
+
+def _registered(kind: str, p, root: Path) -> list[str]:
+    from ppf import tracking
+
+    if kind == "predictor":
+        return [p.tracking.predictor_name]
+    if kind == "agent":
+        return [p.tracking.agent_name]
+    if kind == "pruned":
+        return tracking.registered_names(root, "ppf-pruned-")
+    raise PPFError(f"unknown kind {kind!r}; compare one of predictor, agent, pruned")
+
+
+@app.command()
+def compare(kind: Annotated[str, typer.Argument(help="predictor | agent | pruned")],
+            params: ParamsOpt = Path("params.yaml"),
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered versions side by side: held-out metrics, training data hash, params, git commit, champion."""
+    from ppf import tracking
+
+    p, root = _project(params)
+    names = _registered(kind, p, root)
+    rows = [v for name in names for v in tracking.versions(root, name)]
+    if not rows:
+        raise PPFError(f"no registered {kind} versions in {root / 'mlruns'}; run the pipeline (`dvc repro`) first")
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    metrics, prm = _KEY_METRICS[kind], _KEY_PARAMS[kind]
+    table = Table(title=f"registered {kind} versions ({root / 'mlruns'})")
+    for col in ["name", "v", "champion", *metrics, "data", *[k.split(".")[-1] for k in prm], "git commit"]:
+        table.add_column(col, justify="right" if col in metrics else "left", overflow="fold")
+    for v in rows:
+        data = v["tags"].get("dataset") or v["params"].get("dataset") or v["tags"].get("model", "")
+        table.add_row(v["name"], v["version"], "✓" if "champion" in v["aliases"] else "",
+                      *[f"{v['metrics'][m]:.4g}" if m in v["metrics"] else "–" for m in metrics],
+                      data, *[v["params"].get(k, "–") for k in prm], v["run_tags"].get("git_commit", "–")[:12])
+    console.print(table)
+
+
+@app.command()
+def promote(name: Annotated[str, typer.Argument(help="registered model, e.g. ppf-predictor")],
+            version: Annotated[str, typer.Argument(help="the version to make champion")],
+            params: ParamsOpt = Path("params.yaml")) -> None:
+    """Make VERSION the champion of NAME (the previous champion is remembered for `ppf rollback`)."""
+    from ppf import tracking
+
+    _, root = _project(params)
+    try:
+        previous = tracking.promote(root, name, version)
+    except LookupError as exc:
+        raise PPFError(f"{exc}; see `ppf compare`") from None
+    console.print(f"{name}: champion {previous or '(none)'} -> {version}")
+
+
+@app.command()
+def rollback(name: Annotated[str, typer.Argument(help="registered model, e.g. ppf-predictor")],
+             params: ParamsOpt = Path("params.yaml")) -> None:
+    """Give the champion alias of NAME back to the version that held it before."""
+    from ppf import tracking
+
+    _, root = _project(params)
+    try:
+        old, new = tracking.rollback(root, name)
+    except LookupError as exc:
+        raise PPFError(str(exc)) from None
+    console.print(f"{name}: champion {old} -> {new} (rolled back)")
 
 
 @app.command(name="params")

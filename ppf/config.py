@@ -206,7 +206,7 @@ class SearchParams(Section):
 
 
 class BlockPrunerParams(Section):
-    n_samples: int = Field(4, gt=0, description="calibration sequences scoring each candidate removal")
+    n_samples: int = Field(2, gt=0, description="calibration sequences scoring each candidate removal")
     seqlen: int = Field(128, ge=2)
 
 

@@ -34,9 +34,20 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_ROOT: list[Path] = []
+
+
+def current_root() -> Path:
+    """The project root the last :func:`configure` pointed mlflow at."""
+    if not _ROOT:
+        raise RuntimeError("tracking.configure(root) was not called")
+    return _ROOT[-1]
+
+
 def configure(root: str | Path) -> str:
     """Point mlflow at the project's store; return the tracking URI."""
     root = Path(root).resolve()
+    _ROOT[:] = [root]
     store = root / "mlruns"
     store.mkdir(parents=True, exist_ok=True)
     uri = _USER_URI or f"sqlite:///{store / 'mlflow.db'}"
@@ -45,6 +56,19 @@ def configure(root: str | Path) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def _git_commit(root: Path) -> str:
+    """The project's HEAD commit (+ "-dirty" with uncommitted changes), or "unknown" outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def _experiment_id(root: Path, name: str) -> str:
@@ -62,7 +86,8 @@ def run(root: str | Path, experiment: str, name: str, params: Mapping[str, Any] 
     root = Path(root).resolve()
     configure(root)
     exp_id = _experiment_id(root, experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=name, nested=nested, tags=dict(tags or {})) as r:
+    tags = {"git_commit": _git_commit(root), **dict(tags or {})}
+    with mlflow.start_run(experiment_id=exp_id, run_name=name, nested=nested, tags=tags) as r:
         if params:
             flat = {k: ("None" if v is None else str(v))[:500] for k, v in _flatten(params).items()}
             mlflow.log_params(flat)
@@ -212,3 +237,57 @@ def load_registered_pruned(root: str | Path, name: str, version: str = "latest")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         return load_pruned(next((local / "artifacts").iterdir()))  # the one checkpoint directory
+
+
+# ---- comparing and promoting registered versions ----------------------------------------------
+def registered_names(root: str | Path, prefix: str) -> list[str]:
+    configure(root)
+    return sorted(m.name for m in mlflow.MlflowClient().search_registered_models() if m.name.startswith(prefix))
+
+
+def versions(root: str | Path, name: str) -> list[dict[str, Any]]:
+    """Every version of a registered model with its aliases, tags and its training run's metrics
+    and params, oldest first."""
+    configure(root)
+    client = mlflow.MlflowClient()
+    out = []
+    for found in client.search_model_versions(f"name='{name}'"):
+        mv = client.get_model_version(name, found.version)  # search results leave the aliases out
+        run = client.get_run(mv.run_id) if mv.run_id else None
+        out.append({"name": name, "version": str(mv.version), "aliases": list(mv.aliases or []),
+                    "created": int(mv.creation_timestamp or 0), "run_id": mv.run_id, "tags": dict(mv.tags or {}),
+                    "metrics": dict(run.data.metrics) if run else {}, "params": dict(run.data.params) if run else {},
+                    "run_tags": dict(run.data.tags) if run else {}})
+    return sorted(out, key=lambda v: int(v["version"]))
+
+
+def promote(root: str | Path, name: str, version: str, alias: str = "champion") -> str | None:
+    """Give ``alias`` to ``version``; the previous holder is remembered for :func:`rollback`. Returns it."""
+    from mlflow.exceptions import MlflowException
+
+    configure(root)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        raise LookupError(f"{name} has no version {version}") from None
+    current = champion(name, alias)
+    previous = current["version"] if current else None
+    if previous is not None and previous != str(version):
+        history = client.get_registered_model(name).tags.get(f"{alias}_history", "")
+        client.set_registered_model_tag(name, f"{alias}_history", ",".join(filter(None, [history, previous])))
+    client.set_registered_model_alias(name, alias, str(version))
+    return previous
+
+
+def rollback(root: str | Path, name: str, alias: str = "champion") -> tuple[str | None, str]:
+    """Give ``alias`` back to the version that held it before the last :func:`promote`: (from, to)."""
+    configure(root)
+    client = mlflow.MlflowClient()
+    history = [v for v in client.get_registered_model(name).tags.get(f"{alias}_history", "").split(",") if v]
+    if not history:
+        raise LookupError(f"{name}: no earlier {alias} to roll back to")
+    current = champion(name, alias)
+    client.set_registered_model_alias(name, alias, history[-1])
+    client.set_registered_model_tag(name, f"{alias}_history", ",".join(history[:-1]))
+    return (current["version"] if current else None), history[-1]

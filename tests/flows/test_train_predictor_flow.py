@@ -84,3 +84,28 @@ def test_a_dataset_collected_with_other_settings_is_refused(trained):
     edit_params(project, pruning={"max_layer_ratio": 0.5})  # other plans for the same policies
     with pytest.raises(PPFError, match="stored mask differs|cannot be met|above what any policy"):
         train_predictor_flow("params.yaml", root=str(project))
+
+
+def test_compare_promote_and_rollback_registered_versions(trained, capsys, monkeypatch):
+    project, _ = trained
+    edit_params(project, predictor={"lr": 1e-9})
+    train_predictor_flow("params.yaml", root=str(project))  # v2, worse: v1 stays champion
+    monkeypatch.chdir(project)
+    code, out, err = run_cli(["compare", "predictor", "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["version"] for r in rows] == ["1", "2"] and rows[0]["aliases"] == ["champion"] and not rows[1]["aliases"]
+    assert rows[0]["metrics"]["mae"] < rows[1]["metrics"]["mae"] and rows[0]["tags"]["dataset"]
+    assert rows[1]["run_tags"]["git_commit"]  # which code trained it ("unknown" outside git)
+    code, out, _ = run_cli(["compare", "predictor"], capsys)
+    assert code == 0 and "ppf-pred" in out and "✓" in out  # (names may fold in a narrow table)
+    code, out, _ = run_cli(["promote", "ppf-predictor", "2"], capsys)
+    assert code == 0 and "champion 1 -> 2" in out
+    code, out, _ = run_cli(["rollback", "ppf-predictor"], capsys)
+    assert code == 0 and "champion 2 -> 1" in out
+    code, _, err = run_cli(["rollback", "ppf-predictor"], capsys)
+    assert code == 2 and "no earlier champion" in err
+    code, _, err = run_cli(["promote", "ppf-predictor", "9"], capsys)
+    assert code == 2 and "no version 9" in err
+    code, _, err = run_cli(["compare", "pruned"], capsys)
+    assert code == 2 and "no registered pruned versions" in err
