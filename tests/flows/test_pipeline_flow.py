@@ -1,0 +1,40 @@
+"""The whole pipeline as one flow on a tiny project; a second run is served by the caches."""
+
+from __future__ import annotations
+
+import pytest
+from tiny import TINY_PIPELINE, edit_params
+
+from flows.pipeline import pipeline_flow
+from ppf.errors import PPFError
+
+
+def test_the_pipeline_runs_end_to_end_and_reruns_from_cache(tiny_project, monkeypatch):
+    edit_params(tiny_project, **TINY_PIPELINE)
+    edit_params(tiny_project, benchmark={"methods": ["dense", "owl", "shortgpt", "ppf"], "ratios": [0.34],
+                                         "max_windows": 2, "zero_shot_limit": 2, "speed_seqlen": 8, "speed_batch": 1,
+                                         "new_tokens": 2})
+    first = pipeline_flow("params.yaml", root=str(tiny_project))
+    assert list(first["seconds"]) == ["prepare", "dense_eval", "importance", "collect", "train_predictor",
+                                      "train_agent", "benchmark"]
+    for f in ("data/masks/samples.parquet", "models/predictor/predictor.safetensors", "models/agent/agent.safetensors",
+              "results/agent_validation.csv", "results/benchmark.csv", "metrics/benchmark.json"):
+        assert (tiny_project / f).stat().st_size > 0, f
+
+    # second run: no sample, judged policy or benchmark cell is computed again
+    import ppf.agent.recipe as agent_recipe
+    import ppf.benchmark as bench
+    from ppf import collect as collect_lib
+
+    def boom(*a, **k):
+        raise AssertionError("cached work was recomputed")
+
+    monkeypatch.setattr(collect_lib.SampleEvaluator, "evaluate", boom)
+    monkeypatch.setattr(agent_recipe.TrueJudge, "evaluate_plan", boom)
+    monkeypatch.setattr(bench, "evaluate", boom)
+    pipeline_flow("params.yaml", root=str(tiny_project), stages=["collect", "train_agent", "benchmark"])
+
+
+def test_an_unknown_stage_is_refused(tiny_project):
+    with pytest.raises(PPFError, match="unknown stage 'colect'"):
+        pipeline_flow("params.yaml", root=str(tiny_project), stages=["colect"])
