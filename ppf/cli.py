@@ -303,8 +303,9 @@ def promote(name: Annotated[str, typer.Argument(help="registered model, e.g. ppf
     from ppf import tracking
 
     _, root = _project(params)
+    tracking.configure(root)
     try:
-        previous = tracking.promote(root, name, version)
+        previous = tracking.promote(name, version)
     except LookupError as exc:
         raise PPFError(f"{exc}; see `ppf compare`") from None
     console.print(f"{name}: champion {previous or '(none)'} -> {version}")
@@ -317,8 +318,9 @@ def rollback(name: Annotated[str, typer.Argument(help="registered model, e.g. pp
     from ppf import tracking
 
     _, root = _project(params)
+    tracking.configure(root)
     try:
-        old, new = tracking.rollback(root, name)
+        old, new = tracking.rollback(name)
     except LookupError as exc:
         raise PPFError(str(exc)) from None
     console.print(f"{name}: champion {old} -> {new} (rolled back)")

@@ -40,7 +40,7 @@ def register(kind: str, file: Path, name: str, score: float, rescore: Callable[[
             promote = score < theirs
             reason = f"{what} {score:.5g} vs champion v{current['version']} {theirs:.5g} on the same data"
     if promote:
-        tracking.promote(tracking.current_root(), name, version)
+        tracking.promote(name, version)
     tracking.tag_version(name, version, {"champion_decision": reason})
     tracking.set_run_tags({f"{kind}_version": version, "promoted": promote, "promotion_reason": reason})
     return {"version": version, "champion": promote, "reason": reason}

@@ -34,20 +34,9 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_ROOT: list[Path] = []
-
-
-def current_root() -> Path:
-    """The project root the last :func:`configure` pointed mlflow at."""
-    if not _ROOT:
-        raise RuntimeError("tracking.configure(root) was not called")
-    return _ROOT[-1]
-
-
 def configure(root: str | Path) -> str:
     """Point mlflow at the project's store; return the tracking URI."""
     root = Path(root).resolve()
-    _ROOT[:] = [root]
     store = root / "mlruns"
     store.mkdir(parents=True, exist_ok=True)
     uri = _USER_URI or f"sqlite:///{store / 'mlflow.db'}"
@@ -211,10 +200,6 @@ def version_file(name: str, version: str, artifact: str, dst: str | Path) -> Pat
     return root / "artifacts" / artifact
 
 
-def set_alias(name: str, version: str, alias: str = "champion") -> None:
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
-
-
 def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
     client = mlflow.MlflowClient()
     for k, v in tags.items():
@@ -261,11 +246,11 @@ def versions(root: str | Path, name: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda v: int(v["version"]))
 
 
-def promote(root: str | Path, name: str, version: str, alias: str = "champion") -> str | None:
-    """Give ``alias`` to ``version``; the previous holder is remembered for :func:`rollback`. Returns it."""
+def promote(name: str, version: str, alias: str = "champion") -> str | None:
+    """Give ``alias`` to ``version`` (in the configured store); the previous holder is remembered
+    for :func:`rollback`. Returns it."""
     from mlflow.exceptions import MlflowException
 
-    configure(root)
     client = mlflow.MlflowClient()
     try:
         client.get_model_version(name, str(version))
@@ -280,9 +265,8 @@ def promote(root: str | Path, name: str, version: str, alias: str = "champion") 
     return previous
 
 
-def rollback(root: str | Path, name: str, alias: str = "champion") -> tuple[str | None, str]:
+def rollback(name: str, alias: str = "champion") -> tuple[str | None, str]:
     """Give ``alias`` back to the version that held it before the last :func:`promote`: (from, to)."""
-    configure(root)
     client = mlflow.MlflowClient()
     history = [v for v in client.get_registered_model(name).tags.get(f"{alias}_history", "").split(",") if v]
     if not history:
