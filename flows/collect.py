@@ -1,17 +1,20 @@
 """Stage `collect`: the mask dataset — sampled policies evaluated for real (prune + JS).
 
 Output: data/masks/samples.parquet (one row per policy: method, a_eta, target and actual ratio,
-per-layer ratios, compressed mask, JS, PPR, timings; sorted by key) and metrics/collect.json.
+per-layer ratios, compressed mask, JS, PPR; sorted by key) and metrics/collect.json (counts and
+timings: the dataset itself holds only what the same params reproduce bit for bit).
 
 Each sample is one Prefect task cached across runs on (sample, evaluation context, task source,
 ppf code): a run killed midway resumes without re-evaluating finished samples, and rows are
 assembled from the sample list, so none is lost or duplicated. The dense model is loaded lazily,
 once per process, only when some sample is not cached yet.
 
-Scale-out: the flow takes its task runner from ``collect.workers`` (a thread pool); the same flow
-runs on a Dask or Ray cluster with ``collect_flow.with_options(task_runner=DaskTaskRunner(address=...))``
-(prefect-dask) or ``RayTaskRunner(...)`` (prefect-ray): each worker then
-loads the model once and evaluates its share of the samples.
+Scale-out: the flow code is the same on every task runner; ``collect.runner`` picks it.
+``threads`` evaluates ``collect.workers`` samples at once in this process; ``dask`` submits them
+to a Dask cluster (prefect-dask): the one at ``collect.dask_address``, or a local cluster of
+``collect.workers`` worker processes. Each worker loads the model once and evaluates its share; the
+results come back to the flow, which alone writes the dataset. (``RayTaskRunner`` from prefect-ray
+plugs in the same way through ``collect_flow.with_options``.)
 Run: ``python -m flows.collect [--params params.yaml]``.
 """
 
@@ -30,7 +33,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import CACHE, ROOT, run_main
 from ppf import tracking
 from ppf.config import load_params
-from ppf.io import write_json_atomic
+from ppf.errors import PPFError
+from ppf.io import digest, write_json_atomic
 
 _EVALUATORS: dict[str, object] = {}
 _LOCK = threading.Lock()
@@ -46,7 +50,7 @@ def _evaluator(root: str, params_path: str, context: str):
             from ppf.paths import cache_dir
 
             params = load_params(Path(root) / params_path)
-            model, tokenizer = load(params.model.name, params.model.dtype)
+            model, tokenizer = load(params.model.name, params.model.dtype, params.model.device)
             calib, heldout = token_batches(Path(root), params.model.name, tokenizer, params)
             imp = importance(model, params.model.name, calib, params, cache_dir() / "importance",
                              also_look_in=(Path(root) / "data" / "importance",))
@@ -56,11 +60,15 @@ def _evaluator(root: str, params_path: str, context: str):
 
 
 def context_key(root: Path, params) -> str:
-    """What a sample's result depends on besides the sample: model, tokens, engine settings."""
-    tokens = root / "data" / "calibration" / "tokens.safetensors"
-    digest = hashlib.sha256(tokens.read_bytes()).hexdigest()[:16] if tokens.is_file() else "none"
-    payload = {"model": params.model.model_dump(), "pruning": params.pruning.model_dump(),
-               "js": params.js.model_dump(), "calibration": params.calibration.model_dump(), "tokens": digest}
+    """What a sample's result depends on besides the sample: model, tokens, importance, settings.
+
+    The importance scores stand in for the weights: new weights under the same model path give new
+    scores, so a scheduled re-collection after a model update never serves stale samples.
+    """
+    data = [root / "data" / d for d in ("calibration", "importance")]
+    payload = {"model": params.model.model_dump(exclude={"device"}), "pruning": params.pruning.model_dump(),
+               "js": params.js.model_dump(), "calibration": params.calibration.model_dump(),
+               "data": digest(*[d for d in data if d.exists()])}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -89,6 +97,8 @@ def collect_flow(params_path: str = "params.yaml", root: str | None = None) -> d
     rows = [f.result() for f in futures]
     wall = time.perf_counter() - start
     df = pd.DataFrame(rows).sort_values("key").reset_index(drop=True)
+    timings = df[["plan_s", "eval_s"]]
+    df = df.drop(columns=["plan_s", "eval_s"])  # wall-clock noise: would change the file on every rerun
     if df["key"].duplicated().any():  # cannot happen by construction; guard the dataset anyway
         raise RuntimeError("duplicate samples in the collected dataset")
     import io
@@ -97,7 +107,8 @@ def collect_flow(params_path: str = "params.yaml", root: str | None = None) -> d
     df.to_parquet(buf, index=False)
     write_bytes_atomic(root / "data" / "masks" / "samples.parquet", buf.getvalue())
     metrics = {"n_samples": len(df), "js_min": float(df.js.min()), "js_max": float(df.js.max()),
-               "eval_s_mean": float(df.eval_s.mean()), "wall_s": wall,
+               "plan_s_mean": float(timings.plan_s.mean()), "eval_s_mean": float(timings.eval_s.mean()),
+               "wall_s": wall,
                "max_ratio_error": float((df.actual_ratio - df.ratio).abs().max())}
     write_json_atomic(root / "metrics" / "collect.json", metrics)
     with tracking.run(root, params.tracking.experiment, "collect",
@@ -106,10 +117,25 @@ def collect_flow(params_path: str = "params.yaml", root: str | None = None) -> d
     return metrics
 
 
+def task_runner(c):
+    """The task runner ``collect.runner`` asks for (the flow code does not change with it)."""
+    if c.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=c.workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:  # pragma: no cover - prefect-dask is a dependency of ppf
+        raise PPFError("collect.runner is 'dask' but prefect-dask is not installed; pip install prefect-dask") from None
+    if c.dask_address:
+        return DaskTaskRunner(address=c.dask_address)
+    # threads_per_worker=1: torch already uses the cores; one sample per worker process at a time
+    return DaskTaskRunner(cluster_kwargs={"n_workers": c.workers, "threads_per_worker": 1, "processes": True,
+                                         "dashboard_address": None})
+
+
 def collect(params_path: str = "params.yaml", root: str | None = None) -> dict:
-    """The flow with ``collect.workers`` threads (swap in a Dask/Ray runner the same way)."""
-    workers = load_params(Path(root or ROOT) / params_path).collect.workers
-    return collect_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(params_path, root)
+    """The flow on the task runner of ``collect.runner`` / ``collect.workers``."""
+    c = load_params(Path(root or ROOT) / params_path).collect
+    return collect_flow.with_options(task_runner=task_runner(c))(params_path, root)
 
 
 if __name__ == "__main__":

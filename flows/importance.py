@@ -25,7 +25,7 @@ def score(root: str, params_path: str) -> dict:
     from ppf.models import load
 
     params = load_params(Path(root) / params_path)
-    model, tokenizer = load(params.model.name, params.model.dtype)
+    model, tokenizer = load(params.model.name, params.model.dtype, params.model.device)
     calib, _ = token_batches(Path(root), params.model.name, tokenizer, params)
     imp = importance(model, params.model.name, calib, params, Path(root) / "data" / "importance")
     return {"layer": imp.layer, "seconds": imp.meta.get("timings", {}), "unit_importance": imp.meta["unit_importance"]}

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ppf.errors import PPFError
+from ppf.io import digest
 
 METHODS = ("dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf")
 WIDTH = ("llm_pruner", "owl", "alpha", "ppf")
@@ -71,7 +72,7 @@ class Context:
         from ppf.models import load
         from ppf.predictor.features import Planner
 
-        model, tokenizer = load(params.model.name, params.model.dtype)
+        model, tokenizer = load(params.model.name, params.model.dtype, params.model.device)
         agents = None
         if with_agent:
             from ppf.agent import Agents
@@ -174,24 +175,17 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, root: Path, params: Any) ->
     return out
 
 
-def _hash(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
-            if f.is_file():
-                h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-                h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def context_key(root: Path, params: Any) -> str:
     """What a cell depends on besides (method, ratio): model, data, engine, agent, settings."""
     root = Path(root)
     data = [root / "data" / d for d in ("corpus", "tasks", "calibration", "importance")]
-    payload = {"model": params.model.model_dump(), "pruning": params.pruning.model_dump(), "eval": params.eval.model_dump(),
-               "benchmark": params.benchmark.model_dump(), "validation": params.agent.validation.model_dump(),
-               "data": _hash(*[d for d in data if d.exists()]),
-               "agent": _hash(root / "models" / "agent") if (root / "models" / "agent").exists() else "none"}
+    payload = {"model": params.model.model_dump(exclude={"device"}), "pruning": params.pruning.model_dump(),
+               "eval": params.eval.model_dump(),
+               # not the cell list (methods, ratios) nor registration: adding a ratio reuses the other cells
+               "benchmark": params.benchmark.model_dump(exclude={"methods", "ratios", "register_models"}),
+               "validation": params.agent.validation.model_dump(),
+               "data": digest(*[d for d in data if d.exists()]),
+               "agent": digest(root / "models" / "agent") if (root / "models" / "agent").exists() else "none"}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -326,6 +326,56 @@ def rollback(name: Annotated[str, typer.Argument(help="registered model, e.g. pp
     console.print(f"{name}: champion {old} -> {new} (rolled back)")
 
 
+@app.command()
+def profile(name: Annotated[str, typer.Argument(help="tiny | default | paper")],
+            params: ParamsOpt = Path("params.yaml")) -> None:
+    """Write a profile's budgets into params.yaml (other keys and comments kept); dvc repro then reruns what changed."""
+    from ppf import profile as profiles
+
+    changed = profiles.apply(params, name)
+    console.print(f"{params}: profile '{name}' ({len(changed)} value(s) changed{': ' if changed else ''}"
+                  f"{', '.join(changed)})", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def deploy(params: ParamsOpt = Path("params.yaml"),
+           api_url: Annotated[str | None, typer.Option(help="Prefect server API (default: $PREFECT_API_URL, "
+                                                           "else http://127.0.0.1:4200/api)")] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="check and list the schedules; serve nothing")] = False) -> None:
+    """Register the scheduled refreshes of `deploy.schedules` with a Prefect server and serve them until Ctrl-C.
+
+    Start the server first, in another terminal: `prefect server start`."""
+    import os
+
+    p, root = _project(params)
+    url = (api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api").rstrip("/")
+    table = Table("deployment", "cron", f"timezone", "runs")
+    for name, s in p.deploy.schedules.items():
+        table.add_row(f"ppf-refresh/{name}", s.cron, p.deploy.timezone,
+                      f"dvc repro{' --force' if s.force else ''} {' '.join(s.targets)}"
+                      + (" && dvc push" if p.deploy.push else ""))
+    console.print(table)
+    if dry_run:
+        os.chdir(root)
+        from flows.scheduled import deployments
+
+        deployments(root, params.name)  # validates targets and cron expressions
+        return
+    import httpx
+
+    try:
+        httpx.get(f"{url}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise PPFError(f"no Prefect server answers at {url} ({type(exc).__name__}); start one with "
+                       "`prefect server start` in another terminal, or pass --api-url") from None
+    os.environ["PREFECT_API_URL"] = url
+    os.chdir(root)  # deployments point at flows/scheduled.py relative to the project
+    from flows.scheduled import serve
+
+    console.print(f"serving to {url} (Ctrl-C stops; scheduled runs start from the server)")
+    serve(root, params.name)
+
+
 @app.command(name="params")
 def params_(params: ParamsOpt = Path("params.yaml")) -> None:
     """Validate params.yaml and print the full, typed configuration (defaults filled in)."""

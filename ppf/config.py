@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ppf.errors import PPFError
 
@@ -26,6 +26,7 @@ class Section(BaseModel):
 class ModelParams(Section):
     name: str = Field("smollm2-135m", description="embedded model name or a local transformers directory")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("cpu", description="where the model runs: cpu, cuda, cuda:N")
 
 
 class BigBenchSource(Section):
@@ -109,7 +110,11 @@ class CollectParams(Section):
     ratios: tuple[float, float, float] = (0.1, 0.7, 0.025)
     a_etas: tuple[float, float, float] = (0.0, 0.5, 0.05)
     methods: list[Literal["lod", "esd", "bi"]] = ["lod", "esd", "bi"]
-    workers: int = Field(1, gt=0, description="samples evaluated at once (threads); 1 is fastest on a 2-core CPU")
+    workers: int = Field(1, gt=0, description="samples evaluated at once; 1 is fastest on a 2-core CPU")
+    runner: Literal["threads", "dask"] = Field(
+        "threads", description="threads in the flow's process, or a Dask cluster (prefect-dask)")
+    dask_address: str | None = Field(
+        None, description="a running Dask scheduler (tcp://host:8786); None = a local cluster of `workers` processes")
 
 
 class TasksParams(Section):
@@ -246,6 +251,32 @@ class TrackingParams(Section):
     agent_name: str = Field("ppf-agent", description="registered model name of the agent")
 
 
+class Schedule(Section):
+    """One scheduled refresh: ``dvc repro [--force] TARGETS`` on a cron schedule."""
+
+    cron: str = Field(description="five cron fields, e.g. '0 3 * * 0' (Sundays 03:00)")
+    targets: list[str] = Field(min_length=1, description="dvc.yaml stages to reproduce (and what they depend on)")
+    force: bool = Field(False, description="rerun the targets and their upstream stages even if unchanged")
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"cron {v!r} must have five fields (minute hour day month weekday), e.g. '0 3 * * 0'")
+        return v
+
+
+class DeployParams(Section):
+    """``ppf deploy``: the scheduled deployments served to a Prefect server."""
+
+    timezone: str = "UTC"
+    push: bool = Field(True, description="`dvc push` to the default DVC remote after every scheduled run")
+    schedules: dict[str, Schedule] = Field(default_factory=lambda: {
+        "weekly-retrain": Schedule(cron="0 3 * * 0", targets=["train_agent"], force=True),
+        "nightly-benchmark": Schedule(cron="0 2 * * *", targets=["benchmark"]),
+    })
+
+
 class Params(Section):
     seed: int = 0
     model: ModelParams = Field(default_factory=ModelParams)
@@ -261,6 +292,7 @@ class Params(Section):
     search: SearchParams = Field(default_factory=SearchParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    deploy: DeployParams = Field(default_factory=DeployParams)
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ which is atomic on one filesystem. :func:`atomic_dir` does the same for a whole 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -107,3 +108,14 @@ def read_artifact(path: str | Path, filename: str, what: str, stage: str) -> tup
         raise PPFError(f"'{file}' is not a ppf {what} ({type(exc).__name__}: {str(exc)[:120]}); "
                        f"retrain it with `dvc repro {stage}`") from None
     return file, tensors, meta
+
+
+def digest(*paths: Path) -> str:
+    """A short content hash of files and directories (names + bytes), for cache keys."""
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+            if f.is_file():
+                h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]

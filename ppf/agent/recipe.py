@@ -113,7 +113,7 @@ class TrueJudge:
 
         self.params, self.ppl_windows = params, ppl_windows
         self.planner = Planner.load(Path(root), params)
-        self.model, tokenizer = load(params.model.name, params.model.dtype)
+        self.model, tokenizer = load(params.model.name, params.model.dtype, params.model.device)
         self.model.eval()
         _, self.heldout = token_batches(Path(root), params.model.name, tokenizer, params)
         valid = (Path(root) / "data" / "corpus" / "valid.txt").read_text(encoding="utf-8")

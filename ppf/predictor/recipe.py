@@ -102,7 +102,7 @@ def real_evaluator(root: Path, params: Any):
     from ppf.models import load
     from ppf.paths import cache_dir
 
-    model, tokenizer = load(params.model.name, params.model.dtype)
+    model, tokenizer = load(params.model.name, params.model.dtype, params.model.device)
     calib, heldout = token_batches(Path(root), params.model.name, tokenizer, params)
     imp = importance(model, params.model.name, calib, params, cache_dir() / "importance",
                      also_look_in=(Path(root) / "data" / "importance",))

@@ -33,7 +33,20 @@ class TrainConfig:
 
 def fit(images: np.ndarray, targets: np.ndarray, net_config: NetConfig, train: TrainConfig,
         on_epoch: Callable[[int, float], None] = lambda epoch, loss: None) -> tuple[PredictorNet, list[float]]:
-    """Train a fresh network on images [N, C, L, W] → targets [N]; return it and the loss per epoch."""
+    """Train a fresh network on images [N, C, L, W] → targets [N]; return it and the loss per epoch.
+
+    Runs on one thread: batch-1 steps of a small CNN gain nothing from more, and float sums split
+    over a machine-dependent number of threads would make the same seed give different weights.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(images, targets, net_config, train, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(images, targets, net_config, train, on_epoch):
     x = torch.as_tensor(images, dtype=torch.float32)
     y = torch.as_tensor(targets, dtype=torch.float32)
     if x.ndim != 4 or len(x) != len(y) or len(y) < 2:

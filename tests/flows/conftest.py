@@ -71,3 +71,10 @@ def tiny_project(tmp_path: Path, tiny_model_dir: Path) -> Path:
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cache(tmp_path_factory) -> Path:
+    """A ppf cache shared by the tests that run the `tiny` profile in subprocesses (its model is
+    converted from the embedded GGUF once per session, not into the user's ~/.cache/ppf)."""
+    return tmp_path_factory.mktemp("ppf-cache-tiny")

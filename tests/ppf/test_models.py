@@ -16,7 +16,7 @@ from ppf.paths import cache_dir
 def test_resolve_missing_path():
     with pytest.raises(PPFError) as err:
         models.resolve("/does/not/exist")
-    assert str(err.value) == ("model '/does/not/exist' is neither an embedded model (smollm2-135m) "
+    assert str(err.value) == ("model '/does/not/exist' is neither an embedded model (smollm2-135m, smollm2-135m-4l) "
                               "nor a local directory with config.json")
 
 
