@@ -286,12 +286,12 @@ def compare(kind: Annotated[str, typer.Argument(help="predictor | agent | pruned
     metrics, prm = _KEY_METRICS[kind], _KEY_PARAMS[kind]
     table = Table(title=f"registered {kind} versions ({root / 'mlruns'})")
     for col in ["name", "v", "champion", *metrics, "data", *[k.split(".")[-1] for k in prm], "git commit"]:
-        table.add_column(col, justify="right" if col in metrics else "left", overflow="fold")
+        table.add_column(col, justify="right" if col in metrics else "left", no_wrap=col in ("name", "data", "git commit"))
     for v in rows:
         data = v["tags"].get("dataset") or v["params"].get("dataset") or v["tags"].get("model", "")
         table.add_row(v["name"], v["version"], "✓" if "champion" in v["aliases"] else "",
                       *[f"{v['metrics'][m]:.4g}" if m in v["metrics"] else "–" for m in metrics],
-                      data, *[v["params"].get(k, "–") for k in prm], v["run_tags"].get("git_commit", "–")[:12])
+                      data[:12], *[v["params"].get(k, "–") for k in prm], v["run_tags"].get("git_commit", "–")[:8])
     console.print(table)
 
 

@@ -34,10 +34,19 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def store_dir(root: str | Path) -> Path:
+    """The project's ``mlruns/``. A ``dvc exp run --temp`` (or queued) experiment runs in a copy under
+    ``<project>/.dvc/tmp/exps/``, which DVC deletes afterwards: its runs go to the project's store."""
+    parts = Path(root).resolve().parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i]) / "mlruns"
+    return Path(root).resolve() / "mlruns"
+
+
 def configure(root: str | Path) -> str:
     """Point mlflow at the project's store; return the tracking URI."""
-    root = Path(root).resolve()
-    store = root / "mlruns"
+    store = store_dir(root)
     store.mkdir(parents=True, exist_ok=True)
     uri = _USER_URI or f"sqlite:///{store / 'mlflow.db'}"
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -64,7 +73,7 @@ def _experiment_id(root: Path, name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    artifacts = (root / "mlruns" / "artifacts").resolve()
+    artifacts = store_dir(root) / "artifacts"
     return mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
 
 

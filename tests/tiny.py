@@ -158,7 +158,7 @@ def git_project(dest: Path, sdist: Path, profile: str = "tiny") -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, text=True, capture_output=True, check=True).stdout.split()
     generated = ("data/", "models/", "metrics/", "results/", "plots/", "mlruns/", "benchmarks/", "tests/", "dvc.lock")
     for f in files:
-        if not f.startswith(generated) and (repo / f).is_file():
+        if (not f.startswith(generated) or f.endswith(".gitignore")) and (repo / f).is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / f, dest / f)
     profiles.apply(dest / "params.yaml", profile)

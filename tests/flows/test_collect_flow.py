@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -69,3 +71,40 @@ def test_a_killed_collection_resumes_without_loss_or_duplicates(tiny_project, tm
     fresh = pd.read_parquet(other / "data" / "masks" / "samples.parquet")
     pd.testing.assert_series_equal(fresh.key, resumed.key)
     assert (fresh.js - resumed.js).abs().max() < 1e-5
+
+
+def test_collection_runs_on_a_two_worker_dask_cluster_with_the_same_result(tiny_project, tmp_path):
+    import shutil
+
+    from distributed import Client, LocalCluster
+
+    _setup(tiny_project, n=8)
+    threads = collect("params.yaml", root=str(tiny_project))
+    expected = pd.read_parquet(tiny_project / "data" / "masks" / "samples.parquet")
+    # a second checkout of the same project: its samples are not in Prefect's cache (the root is a task
+    # input), so the cluster evaluates every one of them
+    other = Path(shutil.copytree(tiny_project, tmp_path / "other"))
+    (other / "data" / "masks" / "samples.parquet").unlink()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        params = yaml.safe_load((other / "params.yaml").read_text())
+        params["collect"] |= {"runner": "dask", "dask_address": cluster.scheduler_address}
+        (other / "params.yaml").write_text(yaml.safe_dump(params))
+        metrics = collect("params.yaml", root=str(other))
+        per_worker = client.run(lambda dask_worker: dask_worker.state.transition_counter)
+    assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker  # both worked
+    df = pd.read_parquet(other / "data" / "masks" / "samples.parquet")
+    assert metrics["n_samples"] == threads["n_samples"] == 8 and list(df.key) == list(expected.key)
+    assert (df.js - expected.js).abs().max() < 1e-5  # same policies, same JS as in threads
+
+
+def test_dask_runner_without_an_address_starts_a_local_cluster_of_collect_workers():
+    from prefect_dask import DaskTaskRunner
+
+    from flows.collect import task_runner
+    from ppf.config import CollectParams
+
+    runner = task_runner(CollectParams(runner="dask", workers=2))
+    assert isinstance(runner, DaskTaskRunner) and runner.cluster_kwargs["n_workers"] == 2
+    remote = task_runner(CollectParams(runner="dask", dask_address="tcp://10.0.0.5:8786"))
+    assert remote.address == "tcp://10.0.0.5:8786"
