@@ -42,7 +42,7 @@ def blockpruner_steps(max_ratio: float, key: str, root: str, params_path: str, w
     from ppf.blocks import blockpruner_order
 
     ctx = _ctx(root, params_path, key, with_agent)
-    return blockpruner_order(ctx.model, ctx.calibration_loss(), ctx.planner.shape, max_ratio)
+    return blockpruner_order(ctx.model, ctx.calibration_batch(), ctx.planner.shape, max_ratio)
 
 
 @task(cache_policy=CACHE, persist_result=True, task_run_name="{method}@{ratio}")

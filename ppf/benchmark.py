@@ -83,20 +83,13 @@ class Context:
                                "run `dvc repro train_agent` for this model or leave `ppf` out of the methods")
         return cls(Path(root), params, model.eval(), tokenizer, Planner.load(Path(root), params), agents)
 
-    def calibration_loss(self):
-        """BlockPruner's criterion: mean next-token NLL on a slice of the calibration batch."""
+    def calibration_batch(self) -> torch.Tensor:
+        """BlockPruner's calibration sequences: a slice of the calibration batch (``benchmark.blockpruner``)."""
         from ppf.io import read_tensors
 
         bp = self.params.benchmark.blockpruner
         tokens = read_tensors(self.root / "data" / "calibration" / "tokens.safetensors")[0]["calibration"]
-        batch = tokens[: bp.n_samples, : bp.seqlen].long()
-
-        @torch.no_grad()
-        def loss(model) -> float:
-            logits = model(batch, use_cache=False).logits[:, :-1].float()
-            return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)))
-
-        return loss
+        return tokens[: bp.n_samples, : bp.seqlen].long()
 
 
 def policy_for(ctx: Context, method: str, ratio: float) -> tuple[str, Any]:
@@ -220,8 +213,8 @@ def run(root: Path, params: Any, methods: list[str], ratios: list[float], cache:
         else:
             progress("BlockPruner: greedy search for the block removal order")
             c = context()
-            steps = blockpruner_order(c.model, c.calibration_loss(), c.planner.shape, max(ratios) + 0.02,
-                                      lambda k, r: progress(f"BlockPruner: step {k}, {r:.3f} removed"))
+            steps = blockpruner_order(c.model, c.calibration_batch(), c.planner.shape, max(ratios) + 0.02,
+                                      progress=lambda k, r: progress(f"BlockPruner: step {k}, {r:.3f} removed"))
             write_json_atomic(path, steps)
     cells = [("dense", 0.0)] if "dense" in methods else []
     cells += [(m, r) for m in methods if m != "dense" for r in ratios]

@@ -102,14 +102,53 @@ def shortgpt_layers(bi: Sequence[float], shape: DenseShape, ratio: float) -> lis
     return sorted(order[:n])
 
 
-def blockpruner_order(model: nn.Module, loss: Callable[[nn.Module], float], shape: DenseShape, max_ratio: float,
+def next_token_nll(logits: torch.Tensor, batch: torch.Tensor) -> float:
+    """BlockPruner's criterion: mean next-token negative log-likelihood of ``batch``."""
+    logits = logits[:, :-1].float()
+    return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)))
+
+
+def _layer_calls(model: nn.Module, batch: torch.Tensor) -> list[tuple]:
+    """(hidden states in, other args, kwargs) of every decoder layer when ``model`` runs ``batch``."""
+    calls: list[tuple] = []
+
+    def record(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        calls.append((hidden, args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in model.model.layers]
+    try:
+        model(batch, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _logits_from(model: nn.Module, calls: list[tuple], start: int) -> torch.Tensor:
+    """The model's logits computed from layer ``start`` on, its input taken from ``calls``: the
+    same operations as a full forward pass, without recomputing the layers before ``start``."""
+    hidden = calls[start][0]
+    for layer, (_, args, kwargs) in zip(model.model.layers[start:], calls[start:]):
+        out = layer(hidden, *args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return model.lm_head(model.model.norm(hidden))
+
+
+@torch.no_grad()
+def blockpruner_order(model: nn.Module, batch: torch.Tensor, shape: DenseShape, max_ratio: float,
+                      loss: Callable[[torch.Tensor, torch.Tensor], float] = next_token_nll,
                       progress: Callable[[int, float], None] = lambda step, ratio: None) -> list[dict]:
     """BlockPruner's greedy search: repeatedly remove the attention or MLP block whose removal gives
-    the lowest calibration loss, until ``max_ratio`` of the block parameters is gone.
+    the lowest calibration loss (``loss(logits, batch)``), until ``max_ratio`` of the block
+    parameters is gone.
 
     Works on a copy (the model is left dense). Returns the removal sequence: one record per step
     with the block, the calibration loss after it and the cumulative block ratio; any prefix of it
-    is BlockPruner's answer for a smaller ratio.
+    is BlockPruner's answer for a smaller ratio. Removing a block of layer i cannot change what
+    layers before i compute, so each step runs the current model once, keeps every layer's input,
+    and scores a candidate from its own layer on: about half the work of a full pass per candidate,
+    with the same numbers.
     """
     work = copy.deepcopy(model).eval()
     layers = work.model.layers
@@ -127,12 +166,13 @@ def blockpruner_order(model: nn.Module, loss: Callable[[nn.Module], float], shap
 
     ratio = 0.0
     while ratio < max_ratio:
+        calls = _layer_calls(work, batch)
         best = None
         for kind, i in saved:
             if i in removed[kind]:
                 continue
             set_block(kind, i, False)
-            value = loss(work)
+            value = loss(_logits_from(work, calls, i), batch)
             set_block(kind, i, True)
             if best is None or value < best[0]:
                 best = (value, kind, i)

@@ -77,14 +77,53 @@ def test_blockpruner_removes_the_block_that_hurts_least_first():
     with torch.no_grad():
         reference = model(x).logits.log_softmax(-1)
 
-    def loss(m):
-        with torch.no_grad():
-            return float((reference.exp() * (reference - m(x).logits.log_softmax(-1))).sum(-1).mean())
+    def loss(logits, batch):
+        return float((reference.exp() * (reference - logits.log_softmax(-1))).sum(-1).mean())
 
     shape = DenseShape.of(model)
-    steps = blockpruner_order(model, loss, shape, max_ratio=0.3)
+    steps = blockpruner_order(model, x, shape, max_ratio=0.3, loss=loss)
     assert (steps[0]["kind"], steps[0]["layer"]) == ("mlp", 1)
     assert steps[-1]["block_ratio"] >= 0.3 and all(a["block_ratio"] < b["block_ratio"] for a, b in zip(steps, steps[1:]))
     attn, mlp, actual = blocks_for_ratio(steps, 0.2)
     assert actual == pytest.approx(block_ratio(shape, attn, mlp))
     assert len(model.model.layers) == 3 and not hasattr(model, "ppf_removed_blocks")  # the model stays dense
+
+
+@pytest.mark.parametrize("kv", [4, 2])
+def test_blockpruner_scores_from_cached_layer_inputs_exactly_as_a_full_forward_would(kv):
+    """The prefix reuse is an optimisation only: the same greedy order and losses as scoring every
+    candidate with a full forward pass of the whole model."""
+    from ppf.blocks import NoAttention, NoMLP, next_token_nll
+
+    model, _ = make_llama(4, kv, layers=4)
+    x = _ids()
+    shape = DenseShape.of(model)
+    fast = blockpruner_order(model, x, shape, max_ratio=0.5)
+
+    import copy
+
+    work = copy.deepcopy(model)
+    layers, slow, removed = work.model.layers, [], set()
+    blocks = {("attention", i): layer.self_attn for i, layer in enumerate(layers)}
+    blocks |= {("mlp", i): layer.mlp for i, layer in enumerate(layers)}
+
+    def put(kind, i, module):
+        setattr(layers[i], "self_attn" if kind == "attention" else "mlp", module)
+
+    while not slow or slow[-1]["block_ratio"] < 0.5:
+        scores = []
+        for kind, i in blocks:
+            if (kind, i) in removed:
+                continue
+            put(kind, i, NoAttention(i, blocks[(kind, i)].head_dim) if kind == "attention" else NoMLP())
+            with torch.no_grad():
+                scores.append((next_token_nll(work(x, use_cache=False).logits, x), kind, i))
+            put(kind, i, blocks[(kind, i)])
+        value, kind, i = min(scores, key=lambda t: t[0])
+        put(kind, i, NoAttention(i, blocks[(kind, i)].head_dim) if kind == "attention" else NoMLP())
+        removed.add((kind, i))
+        slow.append({"kind": kind, "layer": i, "loss": value,
+                     "block_ratio": block_ratio(shape, [j for k, j in removed if k == "attention"],
+                                                [j for k, j in removed if k == "mlp"])})
+    assert [(s["kind"], s["layer"]) for s in fast] == [(s["kind"], s["layer"]) for s in slow]
+    assert [s["loss"] for s in fast] == pytest.approx([s["loss"] for s in slow], rel=1e-6, abs=1e-7)
