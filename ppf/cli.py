@@ -278,13 +278,14 @@ def compare(kind: Annotated[str, typer.Argument(help="predictor | agent | pruned
     p, root = _project(params)
     names = _registered(kind, p, root)
     rows = [v for name in names for v in tracking.versions(root, name)]
+    store = tracking.store_dir(root)
     if not rows:
-        raise PPFError(f"no registered {kind} versions in {root / 'mlruns'}; run the pipeline (`dvc repro`) first")
+        raise PPFError(f"no registered {kind} versions in {store}; run the pipeline (`dvc repro`) first")
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return
     metrics, prm = _KEY_METRICS[kind], _KEY_PARAMS[kind]
-    table = Table(title=f"registered {kind} versions ({root / 'mlruns'})")
+    table = Table(title=f"registered {kind} versions ({store})")
     for col in ["name", "v", "champion", *metrics, "data", *[k.split(".")[-1] for k in prm], "git commit"]:
         table.add_column(col, justify="right" if col in metrics else "left", no_wrap=col in ("name", "data", "git commit"))
     for v in rows:
@@ -349,7 +350,7 @@ def deploy(params: ParamsOpt = Path("params.yaml"),
 
     p, root = _project(params)
     url = (api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api").rstrip("/")
-    table = Table("deployment", "cron", f"timezone", "runs")
+    table = Table("deployment", "cron", "timezone", "runs")
     for name, s in p.deploy.schedules.items():
         table.add_row(f"ppf-refresh/{name}", s.cron, p.deploy.timezone,
                       f"dvc repro{' --force' if s.force else ''} {' '.join(s.targets)}"

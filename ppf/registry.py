@@ -62,7 +62,7 @@ def locate(ref: str | Path | None, default: Path, name: str, filename: str, root
     if which == "champion":
         current = tracking.champion(name)
         if current is None:
-            raise PPFError(f"no '{name}' version holds the champion alias in {Path(root) / 'mlruns'}; "
+            raise PPFError(f"no '{name}' version holds the champion alias in {tracking.store_dir(root)}; "
                            f"run `dvc repro {stage}` first")
         which = current["version"]
     try:
