@@ -21,45 +21,24 @@ Run: ``python -m flows.collect [--params params.yaml]``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import CACHE, ROOT, run_main
-from ppf import tracking
-from ppf.config import load_params
+from flows.common import CACHE, ROOT, finish, run_main, workbench
+from ppf import collect as C
+from ppf.config import CollectParams, Params, load_params
 from ppf.errors import PPFError
-from ppf.io import digest, write_json_atomic
-
-_EVALUATORS: dict[str, object] = {}
-_LOCK = threading.Lock()
+from ppf.io import digest, write_bytes_atomic
 
 
-def _evaluator(root: str, params_path: str, context: str):
-    """The process's SampleEvaluator for this context (model + importance + held-out tokens)."""
-    with _LOCK:
-        if context not in _EVALUATORS:
-            from ppf.collect import SampleEvaluator
-            from ppf.engine import importance, token_batches
-            from ppf.models import load
-            from ppf.paths import cache_dir
-
-            params = load_params(Path(root) / params_path)
-            model, tokenizer = load(params.model.name, params.model.dtype, params.model.device)
-            calib, heldout = token_batches(Path(root), params.model.name, tokenizer, params)
-            imp = importance(model, params.model.name, calib, params, cache_dir() / "importance",
-                             also_look_in=(Path(root) / "data" / "importance",))
-            _EVALUATORS.clear()  # one model in memory at a time
-            _EVALUATORS[context] = SampleEvaluator(model, imp, heldout, params)
-        return _EVALUATORS[context]
-
-
-def context_key(root: Path, params) -> str:
+def context_key(root: Path, params: Params) -> str:
     """What a sample's result depends on besides the sample: model, tokens, importance, settings.
 
     The importance scores stand in for the weights: new weights under the same model path give new
@@ -73,51 +52,42 @@ def context_key(root: Path, params) -> str:
 
 
 @task(cache_policy=CACHE, persist_result=True, task_run_name="{method}:{a_eta}@{ratio}")
-def evaluate_sample(method: str, a_eta: float, ratio: float, context: str, root: str, params_path: str) -> dict:
-    from ppf.collect import Sample
+def evaluate_sample(method: str, a_eta: float, ratio: float, context: str, root: str, params: Params) -> dict:
+    wb = workbench(Path(root), params, context, "planner", "reference", compute_importance=True)
+    return C.evaluate(wb, C.Sample(method, a_eta, ratio))
 
-    return _evaluator(root, params_path, context).evaluate(Sample(method, a_eta, ratio))
+
+def write_dataset(root: Path, rows: list[dict]) -> pd.DataFrame:
+    """data/masks/samples.parquet, sorted by key, without the wall-clock columns (same params → same bytes)."""
+    df = pd.DataFrame(rows).sort_values("key").reset_index(drop=True)
+    if df["key"].duplicated().any():  # cannot happen by construction; guard the dataset anyway
+        raise RuntimeError("duplicate samples in the collected dataset")
+    buf = io.BytesIO()
+    df.drop(columns=["plan_s", "eval_s"]).to_parquet(buf, index=False)
+    write_bytes_atomic(root / "data" / "masks" / "samples.parquet", buf.getvalue())
+    return df
 
 
 @flow(name="collect", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def collect_flow(params_path: str = "params.yaml", root: str | None = None) -> dict:
     """Evaluate the sampled policies (cached per sample) and write the parquet dataset."""
-    import pandas as pd
-
-    from ppf.collect import policy_grid, sample_policies
-    from ppf.io import write_bytes_atomic
-
     root = Path(root or ROOT)
     params = load_params(root / params_path)
     c = params.collect
-    samples = sample_policies(policy_grid(c.ratios, c.a_etas, tuple(c.methods)), c.n_samples, c.seed)
+    samples = C.sample_policies(C.policy_grid(c.ratios, c.a_etas, tuple(c.methods)), c.n_samples, c.seed)
     context = context_key(root, params)
     start = time.perf_counter()
-    futures = [evaluate_sample.submit(s.method, s.a_eta, s.ratio, context, str(root), params_path) for s in samples]
-    rows = [f.result() for f in futures]
-    wall = time.perf_counter() - start
-    df = pd.DataFrame(rows).sort_values("key").reset_index(drop=True)
-    timings = df[["plan_s", "eval_s"]]
-    df = df.drop(columns=["plan_s", "eval_s"])  # wall-clock noise: would change the file on every rerun
-    if df["key"].duplicated().any():  # cannot happen by construction; guard the dataset anyway
-        raise RuntimeError("duplicate samples in the collected dataset")
-    import io
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    write_bytes_atomic(root / "data" / "masks" / "samples.parquet", buf.getvalue())
+    futures = [evaluate_sample.submit(s.method, s.a_eta, s.ratio, context, str(root), params) for s in samples]
+    df = write_dataset(root, [f.result() for f in futures])
     metrics = {"n_samples": len(df), "js_min": float(df.js.min()), "js_max": float(df.js.max()),
-               "plan_s_mean": float(timings.plan_s.mean()), "eval_s_mean": float(timings.eval_s.mean()),
-               "wall_s": wall,
+               "plan_s_mean": float(df.plan_s.mean()), "eval_s_mean": float(df.eval_s.mean()),
+               "wall_s": time.perf_counter() - start,
                "max_ratio_error": float((df.actual_ratio - df.ratio).abs().max())}
-    write_json_atomic(root / "metrics" / "collect.json", metrics)
-    with tracking.run(root, params.tracking.experiment, "collect",
-                      {"collect": c.model_dump(), "model": params.model.model_dump(), "context": context}):
-        tracking.log_metrics(metrics)
-    return metrics
+    return finish(root, params, "collect", metrics,
+                  {"collect": c.model_dump(), "model": params.model.model_dump(), "context": context})
 
 
-def task_runner(c):
+def task_runner(c: CollectParams):
     """The task runner ``collect.runner`` asks for (the flow code does not change with it)."""
     if c.runner == "threads":
         return ThreadPoolTaskRunner(max_workers=c.workers)

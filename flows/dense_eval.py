@@ -11,18 +11,14 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows.common import ROOT, run_main
-from ppf import tracking
-from ppf.config import load_params
-from ppf.io import write_json_atomic
+from flows.common import ROOT, finish, run_main
+from ppf.config import Params, load_params
+from ppf.evaluate import evaluate_model
 
 
 @task
-def evaluate(model: str, root: str, params_path: str) -> dict:
-    from ppf.evaluate import evaluate_model
-
-    params = load_params(Path(root) / params_path)
-    return evaluate_model(model, Path(root), params, splits=["valid", "test"], zero_shot_tasks=True)
+def evaluate(root: Path, params: Params) -> dict:
+    return evaluate_model(params.model.name, root, params, splits=["valid", "test"], zero_shot_tasks=True)
 
 
 @flow(name="dense_eval")
@@ -30,12 +26,8 @@ def dense_eval(params_path: str = "params.yaml", root: str | None = None) -> dic
     """Evaluate the base model named in params; return what is written to metrics/dense.json."""
     root = Path(root or ROOT)
     params = load_params(root / params_path)
-    result = evaluate(params.model.name, str(root), params_path)
-    write_json_atomic(root / "metrics" / "dense.json", result)
-    with tracking.run(root, params.tracking.experiment, "dense_eval",
-                      {"model": params.model.model_dump(), "eval": params.eval.model_dump()}):
-        tracking.log_metrics(result)
-    return result
+    return finish(root, params, "dense_eval", evaluate(root, params),
+                  {"model": params.model.model_dump(), "eval": params.eval.model_dump()}, "dense.json")
 
 
 if __name__ == "__main__":

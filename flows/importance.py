@@ -13,21 +13,14 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows.common import ROOT, run_main
-from ppf import tracking
-from ppf.config import load_params
-from ppf.io import write_json_atomic
+from flows.common import ROOT, finish, run_main
+from ppf.config import Params, load_params
+from ppf.workbench import Workbench
 
 
 @task
-def score(root: str, params_path: str) -> dict:
-    from ppf.engine import importance, token_batches
-    from ppf.models import load
-
-    params = load_params(Path(root) / params_path)
-    model, tokenizer = load(params.model.name, params.model.dtype, params.model.device)
-    calib, _ = token_batches(Path(root), params.model.name, tokenizer, params)
-    imp = importance(model, params.model.name, calib, params, Path(root) / "data" / "importance")
+def score(root: Path, params: Params) -> dict:
+    imp = Workbench(root, params).importance(compute=True, save_to=root / "data" / "importance")
     return {"layer": imp.layer, "seconds": imp.meta.get("timings", {}), "unit_importance": imp.meta["unit_importance"]}
 
 
@@ -35,14 +28,9 @@ def score(root: str, params_path: str) -> dict:
 def importance_flow(params_path: str = "params.yaml", root: str | None = None) -> dict:
     root = Path(root or ROOT)
     params = load_params(root / params_path)
-    result = score(str(root), params_path)
-    write_json_atomic(root / "metrics" / "importance.json", result)
-    with tracking.run(root, params.tracking.experiment, "importance",
-                      {"model": params.model.model_dump(), "pruning": params.pruning.model_dump(),
-                       "calibration": params.calibration.model_dump()}):
-        tracking.log_metrics({"seconds": result["seconds"]})
-        tracking.log_dict(result, "importance.json")
-    return result
+    return finish(root, params, "importance", score(root, params),
+                  {"model": params.model.model_dump(), "pruning": params.pruning.model_dump(),
+                   "calibration": params.calibration.model_dump()})
 
 
 if __name__ == "__main__":

@@ -17,19 +17,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 from prefect import flow, task
 
 from flows.common import CACHE, ROOT, run_main
-from ppf.config import load_params
+from ppf import tracking
+from ppf.config import Params, load_params
+from ppf.io import write_json_atomic
+from ppf.predictor import NetConfig, Predictor, PredictorNet, image_shape, recipe
+from ppf.workbench import Workbench
 
 
 @task(cache_policy=CACHE, persist_result=True)
-def train(root: str, params_path: str, dataset: str, predictor: dict) -> dict:
+def train(root: str, dataset: str, predictor: dict, params: Params) -> dict:
     """Fit on the training rows; return the weights, the loss curve and held-out predictions."""
-    from ppf.predictor import recipe
-
-    params = load_params(Path(root) / params_path)
-    data = recipe.prepare_data(Path(root), params)
+    data = recipe.prepare_data(Workbench(Path(root), params))
     if data.digest != dataset:
         raise RuntimeError("the mask dataset changed while the flow ran; rerun it")
     config = recipe.net_config(params, data.images.shape[1])
@@ -40,40 +42,38 @@ def train(root: str, params_path: str, dataset: str, predictor: dict) -> dict:
 
 @flow(name="train_predictor")
 def train_predictor_flow(params_path: str = "params.yaml", root: str | None = None) -> dict:
-    import torch
-
-    from ppf import tracking
-    from ppf.io import write_json_atomic
-    from ppf.predictor import NetConfig, Predictor, PredictorNet, image_shape, recipe
-
     root = Path(root or ROOT)
     params = load_params(root / params_path)
     pp = params.predictor
-    data = recipe.prepare_data(root, params)
-    result = train(str(root), params_path, data.digest, pp.model_dump())
+    wb = Workbench(root, params)
+    data = recipe.prepare_data(wb)
+    result = train(str(root), data.digest, pp.model_dump(), params)
     net = PredictorNet(NetConfig.from_dict(result["config"]))
     net.load_state_dict(result["state"])
-    net.eval()
     held_out = result["held_out"]
     meta = {"model": data.planner.model, "input": pp.input, "image_shape": list(image_shape(data.planner.shape, pp.input)),
             "dataset": data.digest, "pruning": params.pruning.model_dump(), "held_out": held_out,
             "split": pp.split, "test_fraction": pp.test_fraction, "seed": pp.seed}
-    table = recipe.heldout_table(data, torch.tensor(result["pred"]).numpy())
-    paths = recipe.write_outputs(root, net, meta, table, result["history"], held_out)
-    predictor = Predictor(net, meta, data.planner)
-    metrics = recipe.summary(data, held_out) | recipe.speed(root, params, predictor, data, pp.speed_samples)
+    table = recipe.heldout_table(data, np.asarray(result["pred"], dtype=np.float32))
+    paths = recipe.write_outputs(root, net.eval(), meta, table, result["history"], held_out)
+    metrics = recipe.summary(data, held_out) | recipe.speed(wb, Predictor(net, meta, data.planner), data, pp.speed_samples)
     write_json_atomic(root / "metrics" / "predictor.json", metrics)
+    return {**metrics, "registry": _track(root, params, result["history"], metrics, paths, data, held_out)}
+
+
+def _track(root: Path, params: Params, history: list[float], metrics: dict, paths: dict, data, held_out: dict) -> dict:
+    """MLflow: the run (loss curve, metrics, plots) and the registered version (champion if better)."""
+    pp = params.predictor
     with tracking.run(root, params.tracking.experiment, "train_predictor",
                       {"predictor": pp.model_dump(), "model": params.model.model_dump(), "dataset": data.digest},
                       tags={"stage": "train_predictor"}):
-        for epoch, loss in enumerate(result["history"], 1):
+        for epoch, loss in enumerate(history, 1):
             tracking.log_metrics({"train_mse": loss}, step=epoch)
         tracking.log_metrics(metrics)
         for key in ("scatter", "heldout", "loss"):
             tracking.log_artifact(paths[key], "plots")
-        registry = recipe.register(params, paths["predictor"], data, held_out,
-                                   {"dataset": data.digest, "model": data.planner.model, "input": pp.input})
-    return {**metrics, "registry": registry}
+        return recipe.register(params, paths["predictor"], data, held_out,
+                               {"dataset": data.digest, "model": data.planner.model, "input": pp.input})
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from torch import nn
 
 from ppf.errors import PPFError
 from ppf.io import atomic_dir, write_json_atomic, write_text_atomic
+from ppf.models import load
 from ppf.plan import DenseShape, PruningPlan
 from ppf.prune import PLAN_ATTR, plan_of, set_attention_bookkeeping
 
@@ -179,12 +180,9 @@ def register_with_transformers() -> None:
 
 
 def _ppf_version() -> str:
-    try:
-        from ppf import __version__
-        return __version__
-    except ImportError:  # ppf shadowed by a namespace package (e.g. tests/ppf on sys.path)
-        import importlib.metadata
-        return importlib.metadata.version("ppf")
+    import importlib.metadata
+
+    return importlib.metadata.version("ppf")
 
 
 class _RegisterOnImport:
@@ -367,13 +365,6 @@ def read_plan(path: str | os.PathLike) -> PruningPlan:
     return _read_layers(path)[1]
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's ``ppf.json`` (base model, policy meta, ppf version, extra)."""
-    path = Path(path)
-    _check_dir(path)
-    return _read_json(path / META, "the checkpoint metadata")
-
-
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """``t``, copied into a fresh (64-byte aligned) allocation if it is not aligned.
 
@@ -486,3 +477,15 @@ def load_pruned(path: str | os.PathLike, device: str = "cpu") -> tuple[PreTraine
     if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
+
+
+def is_checkpoint(ref: str | os.PathLike) -> bool:
+    """True for a ppf (pruned) checkpoint directory."""
+    return Path(ref).is_dir() and (Path(ref) / LAYERS).is_file()
+
+
+def load_model(ref: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) for a base model name/path OR a ppf checkpoint directory."""
+    if is_checkpoint(ref):
+        return load_pruned(ref, device)
+    return load(str(ref), dtype, device)

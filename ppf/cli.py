@@ -23,6 +23,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable when piped
 err = Console(stderr=True)
 
+def _ratio(value: float | None) -> float | None:
+    """Typer callback: a target ratio is checked once, here at the edge."""
+    from ppf.policy import check_ratio
+
+    return None if value is None else check_ratio(value)
+
+
+def _policy(value: str) -> str:
+    """Typer callback: a policy text must parse (``agent`` is the trained agent's choice)."""
+    from ppf.policy import Policy
+
+    if value != "agent":
+        Policy.parse(value)
+    return value
+
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded model name (smollm2-135m) or a local directory")]
 ParamsOpt = Annotated[Path, typer.Option("--params", help="the project's params.yaml")]
 
@@ -38,16 +54,21 @@ def _project(params: Path, model: str | None = None):
 
     p = load_params(params)
     if model is not None:
-        p = p.model_copy(update={"model": p.model.model_copy(update={"name": model})})
+        p = p.with_model(model)
     return p, (params.resolve().parent if params.is_file() else project_root())
 
 
-def _field_table(title: str) -> Table:
-    """A two-column (field, value) table, the shape of every report here."""
+def _show(data: dict, as_json: bool, title: str, rows: list[tuple[str, str]]) -> None:
+    """A report: ``data`` as JSON, or ``rows`` as a two-column (field, value) table — the shape of every report here."""
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
     table = Table(title=title, show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", justify="right")
-    return table
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
 
 
 @app.command()
@@ -55,16 +76,11 @@ def info(model: ModelOpt = "smollm2-135m",
          as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False) -> None:
     """Print a model's architecture: layers, heads, KV heads, head_dim, MLP size, parameters."""
     from ppf.arch import describe, describe_config
-    from ppf.engine import is_checkpoint, load_model
+    from ppf.checkpoint import is_checkpoint, load_model
     from ppf.models import load_config
 
     # a pruned checkpoint's layers differ from its (dense) config: describe the real modules
     arch = describe(load_model(model)[0]) if is_checkpoint(model) else describe_config(load_config(model))
-    data = dataclasses.asdict(arch)
-    if as_json:
-        console.print_json(json.dumps(data))
-        return
-    table = _field_table(model)
     rows = [
         ("model type", arch.model_type),
         ("layers", str(arch.n_layers)),
@@ -85,46 +101,43 @@ def info(model: ModelOpt = "smollm2-135m",
         rows += [("heads per layer", " ".join(map(str, arch.heads_per_layer))),
                  ("KV heads per layer", " ".join(map(str, arch.kv_heads_per_layer))),
                  ("MLP per layer", " ".join(map(str, arch.intermediate_per_layer)))]
-    for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
+    _show(dataclasses.asdict(arch), as_json, model, rows)
 
 
 @app.command()
 def prune(model: ModelOpt = "smollm2-135m",
-          ratio: Annotated[float, typer.Option("--ratio", "-r", help="target reduction of the transformer blocks' parameters, in (0, 1)")] = 0.2,
-          policy: Annotated[str, typer.Option("--policy", "-p", help="lod:A | esd:A | bi:A | uniform  (A = a_eta in [0, 0.5]) | agent (the trained agent decides)")] = "uniform",
+          ratio: Annotated[float, typer.Option("--ratio", "-r", callback=_ratio,
+                                               help="target reduction of the transformer blocks' parameters, in (0, 1)")] = 0.2,
+          policy: Annotated[str, typer.Option("--policy", "-p", callback=_policy,
+                                              help="lod:A | esd:A | bi:A | uniform  (A = a_eta in [0, 0.5]) | agent (the trained agent decides)")] = "uniform",
           out: Annotated[Path | None, typer.Option("--out", "-o", help="write the pruned checkpoint here")] = None,
           params: ParamsOpt = Path("params.yaml"),
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Prune a model with a policy to a target ratio; print actual ratio, parameters and time."""
-    from ppf.engine import prune as run_prune
+    from ppf.policy import Policy
+    from ppf.workbench import Workbench, prune as run_prune
 
-    p, root = _project(params)
+    p, root = _project(params, model)
+    wb = Workbench(root, p, compute_importance=True)
     if policy == "agent":  # the trained agent decides
         from ppf.agent.recipe import answer
 
-        chosen = answer(root, _project(params, model)[0], ratio)
+        chosen = answer(wb, ratio)
         if chosen["warning"]:
             err.print(f"[bold yellow]warning:[/] {chosen['warning']}", highlight=False, soft_wrap=True)
-        policy = chosen["policy"]
+        pol = chosen["policy"]
+    else:
+        pol = Policy.parse(policy)
     with err.status("pruning") as status:
-        report = run_prune(model, ratio, policy, out, p, root, progress=lambda m: status.update(m))
-    report = {k: v for k, v in report.items() if not k.startswith("_")}
-    if as_json:
-        console.print_json(json.dumps(report))
-        return
-    table = _field_table(f"{model} pruned with {policy} to {ratio:.3f}")
-    table.add_row("actual block reduction", f"{report['actual_block_ratio']:.4f}")
-    table.add_row("actual whole-model reduction", f"{report['actual_model_ratio']:.4f}")
-    table.add_row("params before -> after", f"{report['params_before']:,} -> {report['params_after']:,}")
-    table.add_row("block params before -> after", f"{report['block_params_before']:,} -> {report['block_params_after']:,}")
-    table.add_row("layer ratios min / max", f"{min(report['layer_ratios']):.3f} / {max(report['layer_ratios']):.3f}")
-    for k, v in report["seconds"].items():
-        table.add_row(f"time: {k.removesuffix('_s')}", f"{v:.2f} s")
-    if report["out"]:
-        table.add_row("saved to", report["out"])
-    console.print(table)
+        report = run_prune(wb, pol, ratio, out, progress=lambda m: status.update(m))
+    rows = [("actual block reduction", f"{report['actual_block_ratio']:.4f}"),
+            ("actual whole-model reduction", f"{report['actual_model_ratio']:.4f}"),
+            ("params before -> after", f"{report['params_before']:,} -> {report['params_after']:,}"),
+            ("block params before -> after", f"{report['block_params_before']:,} -> {report['block_params_after']:,}"),
+            ("layer ratios min / max", f"{min(report['layer_ratios']):.3f} / {max(report['layer_ratios']):.3f}")]
+    rows += [(f"time: {k.removesuffix('_s')}", f"{v:.2f} s") for k, v in report["seconds"].items()]
+    rows += [("saved to", report["out"])] if report["out"] else []
+    _show(report, as_json, f"{model} pruned with {pol} to {ratio:.3f}", rows)
 
 
 @app.command(name="eval")
@@ -160,7 +173,7 @@ def eval_(model: ModelOpt = "smollm2-135m",
 
 @app.command()
 def predict(model: ModelOpt = "smollm2-135m",
-            ratio: Annotated[float, typer.Option("--ratio", "-r", help="target block ratio, in (0, 1)")] = 0.2,
+            ratio: Annotated[float, typer.Option("--ratio", "-r", callback=_ratio, help="target block ratio, in (0, 1)")] = 0.2,
             policy: Annotated[str, typer.Option("--policy", "-p", help="lod:A | esd:A | bi:A | uniform")] = "uniform",
             predictor: Annotated[str | None, typer.Option(
                 help="predictor directory/file, or registry:champion | registry:<version> "
@@ -171,48 +184,43 @@ def predict(model: ModelOpt = "smollm2-135m",
     """Predict the JS divergence of a policy at a ratio with the trained CNN (no weights touched)."""
     import tempfile
 
-    from ppf.policy import Policy, check_ratio
+    from ppf.policy import Policy
     from ppf.predictor import Predictor, recipe
+    from ppf.workbench import Workbench
 
-    check_ratio(ratio)
     pol = Policy.parse(policy)
     p, root = _project(params, model)
+    wb = Workbench(root, p)
     with tempfile.TemporaryDirectory() as scratch:
-        pred = Predictor.load(recipe.locate(predictor, root, p, scratch), root, p)
-    out = pred.predict(str(pol), ratio)
+        pred = Predictor.load(recipe.locate(predictor, root, p, scratch), wb.planner)
+    out = pred.predict(pol, ratio)
     report = {"model": model, "policy": str(pol), "target_ratio": ratio, "actual_ratio": out["actual_ratio"],
               "predicted_js": out["js"], "predictor_ms": out["ms"], "input": pred.meta["input"]}
     if verify:
         with err.status("pruning and measuring the true JS"):
-            report |= recipe.verify(root, p, pol, ratio)
-    if as_json:
-        console.print_json(json.dumps(report))
-        return
-    table = _field_table(f"{model}: {pol} at {ratio:.3f}")
-    table.add_row("actual block reduction", f"{report['actual_ratio']:.4f}")
-    table.add_row("predicted JS", f"{report['predicted_js']:.5f}")
-    table.add_row("predictor time", f"{report['predictor_ms']:.2f} ms")
+            report |= recipe.verify(wb, pol, ratio)
+    rows = [("actual block reduction", f"{report['actual_ratio']:.4f}"),
+            ("predicted JS", f"{report['predicted_js']:.5f}"), ("predictor time", f"{report['predictor_ms']:.2f} ms")]
     if verify:
-        table.add_row("true JS", f"{report['true_js']:.5f}")
-        table.add_row("error", f"{report['predicted_js'] - report['true_js']:+.5f}")
-        table.add_row("true evaluation time", f"{report['true_eval_ms']:.0f} ms")
-    console.print(table)
+        rows += [("true JS", f"{report['true_js']:.5f}"), ("error", f"{report['predicted_js'] - report['true_js']:+.5f}"),
+                 ("true evaluation time", f"{report['true_eval_ms']:.0f} ms")]
+    _show(report, as_json, f"{model}: {pol} at {ratio:.3f}", rows)
 
 
 @app.command()
 def policy(model: ModelOpt = "smollm2-135m",
-           ratio: Annotated[float, typer.Option("--ratio", "-r", help="target block ratio, in (0, 1)")] = 0.3,
+           ratio: Annotated[float, typer.Option("--ratio", "-r", callback=_ratio, help="target block ratio, in (0, 1)")] = 0.3,
            agent: Annotated[str | None, typer.Option(
                help="agent file/directory, or registry:champion | registry:<version> "
                     "(default: the registered champion, else the project's models/agent)")] = None,
            params: ParamsOpt = Path("params.yaml")) -> None:
     """The trained agent's policy for a ratio, as JSON: method, a_eta, per-layer ratios, predicted JS."""
     from ppf.agent.recipe import answer
-    from ppf.policy import check_ratio
+    from ppf.workbench import Workbench
 
-    check_ratio(ratio)
     p, root = _project(params, model)
-    result = answer(root, p, ratio, agent)
+    result = answer(Workbench(root, p), ratio, agent)
+    result["policy"] = str(result["policy"])
     if result["warning"]:
         err.print(f"[bold yellow]warning:[/] {result['warning']}", highlight=False, soft_wrap=True)
     console.print_json(json.dumps(result))
@@ -220,15 +228,15 @@ def policy(model: ModelOpt = "smollm2-135m",
 
 @app.command()
 def benchmark(model: ModelOpt = "smollm2-135m",
-              methods: Annotated[str | None, typer.Option(help="comma-separated, from: dense, llm_pruner, owl, "
-                                                          "alpha, shortgpt, blockpruner, ppf (default: benchmark.methods)")] = None,
+              methods: Annotated[str | None, typer.Option(help="comma-separated, from the registry ppf.baselines "
+                                                          "(see `ppf methods`; default: benchmark.methods)")] = None,
               ratios: Annotated[str | None, typer.Option(help="comma-separated target block ratios (default: benchmark.ratios)")] = None,
               params: ParamsOpt = Path("params.yaml"),
               out: Annotated[Path | None, typer.Option(help="CSV to write (default: results/benchmark-<model>.csv)")] = None) -> None:
     """PPF vs the baselines on a model: perplexity, zero-shot, speed, memory. Finished cells are
     cached, so an interrupted run resumes."""
     from ppf.benchmark import run, table2
-    from ppf.engine import _slug
+    from ppf.importance.cache import slug
     from ppf.io import write_text_atomic
     from ppf.paths import cache_dir
 
@@ -240,10 +248,21 @@ def benchmark(model: ModelOpt = "smollm2-135m",
         raise PPFError(f"--ratios {ratios!r} is not a comma-separated list of numbers, e.g. 0.2,0.4") from None
     with err.status("benchmark") as status:
         df = run(root, p, ms, rs, cache_dir() / "benchmark", progress=lambda m: (status.update(m), err.print(m)))
-    out = out or root / "results" / f"benchmark-{_slug(model)}.csv"
+    out = out or root / "results" / f"benchmark-{slug(model)}.csv"
     write_text_atomic(out, df.to_csv(index=False, float_format="%.6g"))
     console.print(table2(df))
     err.print(f"wrote {out}")
+
+
+@app.command()
+def methods() -> None:
+    """The registered pruning methods (ppf.baselines): name, kind, what it is, how it deviates from its original."""
+    from ppf.baselines import METHODS
+
+    table = Table("method", "kind", "what it is here", "deviation from the original")
+    for m in METHODS.values():
+        table.add_row(m.name, m.kind, m.summary, m.deviation)
+    console.print(table)
 
 
 _KEY_METRICS = {

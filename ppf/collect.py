@@ -4,24 +4,25 @@ This is the predictor's training data (paper, "Implementation Details": ratios 0
 0.025, a_eta 0-0.5 in steps of 0.05, methods lod/esd/bi). One sample = one policy at one target
 ratio → its plan, compressed mask, actual ratio, JS divergence against the dense model and PPR.
 
-Cost is dominated by the pruned model's forward on the held-out tokens, so everything else is
-done once: the dense reference log-probabilities are computed at construction, importance scores
-come from the cache, and the pruned copy shares the (unpruned) embeddings with the dense model
-instead of deep-copying 28M embedding parameters per sample.
+Cost is dominated by the pruned model's forward on the held-out tokens; everything else (dense
+reference log-probabilities, importance, the planner, embeddings shared by the pruned copies) is
+done once by the :class:`~ppf.workbench.Workbench` that :func:`evaluate` is handed.
 """
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from ppf.errors import PPFError
+from ppf.masks import compress
+from ppf.metrics import ppr
+from ppf.policy import METHODS, Policy, check_a_eta, check_ratio
+from ppf.workbench import Workbench
 
 
 @dataclass(frozen=True, order=True)
@@ -33,7 +34,12 @@ class Sample:
     ratio: float
 
     @property
-    def policy(self) -> str:
+    def policy(self) -> Policy:
+        return Policy(self.method, self.a_eta)
+
+    @property
+    def label(self) -> str:
+        """The dataset's short text of the policy (``lod:0.25``)."""
         return "uniform" if self.method == "uniform" else f"{self.method}:{self.a_eta:g}"
 
     @property
@@ -53,8 +59,6 @@ def policy_grid(ratios: tuple[float, float, float] = (0.1, 0.7, 0.025),
                 a_etas: tuple[float, float, float] = (0.0, 0.5, 0.05),
                 methods: tuple[str, ...] = ("lod", "esd", "bi")) -> list[Sample]:
     """The full grid of (method, a_eta, ratio), each range given as (lo, hi, step), sorted."""
-    from ppf.policy import METHODS, check_a_eta, check_ratio
-
     for m in methods:
         if m not in METHODS:
             raise PPFError(f"unknown method '{m}' in the collection grid; use some of {', '.join(METHODS)}")
@@ -78,47 +82,17 @@ def sample_policies(grid: list[Sample], n: int | None, seed: int) -> list[Sample
     return sorted(random.Random(seed).sample(sorted(grid), n))
 
 
-class SampleEvaluator:
-    """Evaluates samples on one dense model: plan → physical pruning → JS vs the dense model.
-
-    ``importance`` is a :class:`ppf.engine.Importance`; ``heldout`` the [n, L] JS tokens.
-    """
-
-    def __init__(self, model: torch.nn.Module, importance: Any, heldout: torch.Tensor, params: Any):
-        from ppf.metrics import next_token_logprobs
-        from ppf.plan import DenseShape
-
-        self.model, self.importance, self.heldout, self.params = model.eval(), importance, heldout, params
-        self.shape = DenseShape.of(model)
-        self.reference = next_token_logprobs(model, heldout, params.js.batch_size)
-        # modules a pruned copy can share with the dense model: pruning never touches them
-        shared = [model.get_input_embeddings(), model.get_output_embeddings(), model.model.norm]
-        self._share = {id(t): t for m in shared if m is not None for t in (*m.parameters(), *m.buffers())}
-
-    def plan(self, sample: Sample):
-        from ppf.engine import make_plan
-
-        return make_plan(self.shape, self.importance, sample.policy, sample.ratio, self.params)
-
-    @torch.no_grad()
-    def evaluate(self, sample: Sample) -> dict[str, Any]:
-        """One dataset row (plain JSON-able values; the mask flattened with its shape)."""
-        from ppf.masks import compress
-        from ppf.metrics import js_divergence, ppr
-        from ppf.prune import prune_model
-
-        t = time.perf_counter()
-        plan = self.plan(sample)
-        mask = compress(plan)
-        plan_s = time.perf_counter() - t
-        t = time.perf_counter()
-        pruned = prune_model(copy.deepcopy(self.model, memo=dict(self._share)), plan)
-        js = js_divergence(self.reference, pruned, self.heldout, self.params.js.batch_size)
-        eval_s = time.perf_counter() - t
-        del pruned
-        return {
-            **asdict(sample), "key": sample.key, "policy": sample.policy,
-            "actual_ratio": plan.block_ratio, "layer_ratios": [float(x) for x in plan.layer_ratios()],
-            "mask": mask.astype(np.uint8).ravel().tolist(), "mask_shape": list(mask.shape),
-            "js": js, "ppr": ppr(js, plan.block_ratio), "plan_s": plan_s, "eval_s": eval_s,
-        }
+def evaluate(wb: Workbench, sample: Sample) -> dict[str, Any]:
+    """One dataset row of ``sample``: plan → prune a copy → JS vs the dense model (plain JSON-able
+    values; the mask flattened with its shape)."""
+    t = time.perf_counter()
+    plan = wb.planner.plan(sample.policy, sample.ratio)
+    mask = compress(plan)
+    plan_s = time.perf_counter() - t
+    js = wb.judge(plan)["js"]
+    return {
+        **asdict(sample), "key": sample.key, "policy": sample.label,
+        "actual_ratio": plan.block_ratio, "layer_ratios": [float(x) for x in plan.layer_ratios()],
+        "mask": mask.astype(np.uint8).ravel().tolist(), "mask_shape": list(mask.shape),
+        "js": js, "ppr": ppr(js, plan.block_ratio), "plan_s": plan_s, "eval_s": time.perf_counter() - t - plan_s,
+    }

@@ -234,7 +234,7 @@ class BenchmarkParams(Section):
 
     @model_validator(mode="after")
     def _known_methods(self) -> "BenchmarkParams":
-        from ppf.benchmark import METHODS
+        from ppf.baselines import METHODS  # the registry imports torch: only when a benchmark section is checked
 
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -293,6 +293,10 @@ class Params(Section):
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     deploy: DeployParams = Field(default_factory=DeployParams)
+
+    def with_model(self, name: str) -> "Params":
+        """The same params for another model (a name, a local directory or a checkpoint)."""
+        return self.model_copy(update={"model": self.model.model_copy(update={"name": name})})
 
 
 def _describe(err: dict[str, Any]) -> str:

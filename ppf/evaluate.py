@@ -12,12 +12,17 @@ from __future__ import annotations
 import logging
 import statistics
 import tempfile
+import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from ppf.data.tasks import lm_eval_include_dir, read_records
+from ppf.checkpoint import load_model
+from ppf.data.corpus import tokenize_text
+from ppf.data.tasks import lm_eval_include_dir
 from ppf.errors import PPFError
+from ppf.metrics import perplexity
+from ppf.workbench import Workbench
 
 
 @contextmanager
@@ -112,14 +117,6 @@ def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
     return results
 
 
-def chance_level(tasks_dir: Path, name: str) -> float:
-    """Expected accuracy of random guessing on a built task: the mean of 1 / #choices."""
-    records = read_records(tasks_dir, name)
-    if not records:
-        raise PPFError(f"task {name!r} in {str(tasks_dir)!r} has no examples; rebuild it")
-    return statistics.fmean(1 / len(r["choices"]) for r in records)
-
-
 def evaluate_model(model_ref: str, root: Path, params, splits: list[str] = ("valid", "test"),
                    zero_shot_tasks: bool = True, base: str | None = None) -> dict:
     """Perplexity per corpus split, zero-shot accuracy and (with ``base``) JS vs the dense model.
@@ -128,12 +125,6 @@ def evaluate_model(model_ref: str, root: Path, params, splits: list[str] = ("val
     params.yaml (its ``eval`` and ``js`` sections are used). Splits and tasks come from the prepared
     ``root/data``. Returns a JSON-able dict (the shape of metrics/dense.json).
     """
-    import time
-
-    from ppf.data.corpus import tokenize_text
-    from ppf.engine import load_model, token_batches
-    from ppf.metrics import js_divergence, perplexity
-
     start = time.perf_counter()
     ev = params.eval
     corpus = Path(root) / "data" / "corpus"
@@ -150,11 +141,9 @@ def evaluate_model(model_ref: str, root: Path, params, splits: list[str] = ("val
         ppl = perplexity(model, tokens, ev.seqlen, ev.batch_size, ev.max_windows)
         result["perplexity"][split] = {"ppl": ppl, "tokens": n_windows * ev.seqlen}
     if base is not None:
-        base_model, base_tok = load_model(base, params.model.dtype)
-        _, heldout = token_batches(Path(root), base, base_tok, params)
-        js = js_divergence(base_model, model, heldout, params.js.batch_size)
-        result["js"] = {"base": str(base), "js": js, "tokens": heldout.numel()}
-        del base_model
+        dense = Workbench(root, params.with_model(base))
+        result["js"] = {"base": str(base), "js": dense.js(model), "tokens": dense.tokens[1].numel()}
+        del dense
     if zero_shot_tasks:
         result["zero_shot"] = zero_shot(model, tokenizer, Path(root) / "data" / "tasks",
                                         limit=ev.zero_shot_limit, batch_size=max(ev.batch_size, 8))

@@ -295,3 +295,31 @@ def plan_for(policy: Policy | str, target: float, H: Sequence[float] | None,
     plan.meta["actual"] = plan.block_ratio
     plan.meta["layer_ratios"] = plan.layer_ratios()
     return plan
+
+
+# ---- one dense model's planner -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Planner:
+    """Plans policies for one dense model: its shape, the layer scores of every method and the unit
+    ranks, with the project's pruning settings. A policy at a ratio becomes a plan in about a
+    millisecond and never touches a weight (:class:`ppf.workbench.Workbench` builds one)."""
+
+    model: str
+    shape: DenseShape
+    layer_scores: dict[str, list[float]]
+    ranks: UnitRanks
+    max_layer_ratio: float
+    tolerance: float
+
+    def plan(self, policy: Policy, ratio: float) -> PruningPlan:
+        H = self.layer_scores.get(policy.method)
+        if H is None and policy.method != "uniform":
+            raise PPFError(f"no '{policy.method}' layer scores in the importance cache; known: {', '.join(self.layer_scores)}")
+        return plan_for(policy, ratio, H, self.ranks, self.shape, self.max_layer_ratio, self.tolerance)
+
+    def plan_scores(self, scores: Sequence[float], a_eta: float, ratio: float) -> PruningPlan:
+        """A plan from ANY per-layer scores (higher = pruned less) through Eqs 4-5: with a_eta = half
+        the spread of the wanted ratios, every ratio vector of mean ``ratio`` is reachable — the search
+        space of :mod:`ppf.search`, and how LLM-Pruner's kept edge layers are expressed."""
+        return plan_for(Policy("lod", a_eta), ratio, scores, self.ranks, self.shape, self.max_layer_ratio,
+                        self.tolerance)

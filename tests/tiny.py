@@ -156,7 +156,7 @@ def git_project(dest: Path, sdist: Path, profile: str = "tiny") -> Path:
 
     repo = Path(__file__).resolve().parent.parent
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, text=True, capture_output=True, check=True).stdout.split()
-    generated = ("data/", "models/", "metrics/", "results/", "plots/", "mlruns/", "benchmarks/", "tests/", "dvc.lock")
+    generated = ("data/", "models/", "metrics/", "results/", "plots/", "mlruns/", "studies/", "tests/", "dvc.lock")
     for f in files:
         if (not f.startswith(generated) or f.endswith(".gitignore")) and (repo / f).is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ class AgentConfig:
     batch_size: int = 64
     buffer_size: int = 10_000
     learning_starts: int = 25
-    gradient_steps: int = 10
+    gradient_steps: int = 20
     tau: float = 0.05
     net_arch: tuple[int, ...] = (64, 64)
     seed: int = 0

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from ppf.io import write_text_atomic as atomic_write_text
 from ppf.errors import PPFError
 
 # A few very frequent function words per Latin-script language: enough to tell the 8 of them in
@@ -125,13 +124,6 @@ def split_articles(articles: list[str], valid_fraction: float, test_fraction: fl
     parts = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test],
              "train": order[n_valid + n_test:]}
     return {name: [articles[i] for i in sorted(parts[name])] for name in SPLITS}
-
-
-def write_splits(splits: dict[str, list[str]], out_dir: Path) -> dict[str, Path]:
-    """Write ``train.txt``, ``valid.txt``, ``test.txt``: articles separated by a blank line."""
-    out_dir = Path(out_dir)
-    return {name: atomic_write_text(out_dir / f"{name}.txt", "\n\n".join(splits[name]) + "\n")
-            for name in SPLITS}
 
 
 def read_text_files(train: Path, valid: Path, test: Path) -> dict[str, str]:

@@ -10,9 +10,9 @@ Two granularities, both oriented HIGHER = MORE IMPORTANT = pruned less:
 Both are computed once on the dense base model and cached with :func:`save_importance`.
 """
 
-from ppf.importance.cache import load_importance, save_importance
+from ppf.importance.cache import Importance, cached_importance, load_importance, save_importance
 from ppf.importance.layer import METHODS, hill_alpha, layer_importance, matrix_alpha
 from ppf.importance.units import UNIT_KINDS, unit_importance
 
-__all__ = ["METHODS", "UNIT_KINDS", "hill_alpha", "layer_importance", "load_importance", "matrix_alpha",
+__all__ = ["METHODS", "Importance", "cached_importance", "UNIT_KINDS", "hill_alpha", "layer_importance", "load_importance", "matrix_alpha",
            "save_importance", "unit_importance"]

@@ -2,7 +2,7 @@
 
 :func:`read_samples` refuses anything that is not the `collect` stage's parquet (unreadable bytes,
 missing columns, masks of mixed or wrong shapes) with one clear error. :func:`build_images`
-re-plans every row with the project's :class:`~ppf.predictor.features.Planner` and checks that the
+re-plans every row with the project's :class:`~ppf.policy.Planner` and checks that the
 o_proj image it gets is the mask stored at collection: a dataset collected with other importance
 scores or pruning settings cannot silently train a predictor for this project.
 
@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ppf.errors import PPFError
+from ppf.masks import compress
+from ppf.policy import Planner, Policy
+from ppf.predictor.features import image
 
 COLUMNS = ("key", "method", "a_eta", "ratio", "actual_ratio", "mask", "mask_shape", "js")
 
@@ -94,11 +97,8 @@ def split(df: pd.DataFrame, test_fraction: float, seed: int, by: str = "policy")
     return train, test
 
 
-def build_images(df: pd.DataFrame, planner, kind: str) -> np.ndarray:
+def build_images(df: pd.DataFrame, planner: Planner, kind: str) -> np.ndarray:
     """Images [N, C, L, W] of every row, re-planned; the stored masks must match the plans."""
-    from ppf.masks import compress
-    from ppf.predictor.features import image
-
     stored_shape = tuple(int(x) for x in df["mask_shape"].iloc[0])
     expected = (1, planner.shape.n_layers, planner.shape.n_heads)
     if stored_shape != expected:
@@ -106,8 +106,7 @@ def build_images(df: pd.DataFrame, planner, kind: str) -> np.ndarray:
                        "collect the dataset for this model (`dvc repro collect`)")
     out = []
     for row in df.itertuples(index=False):
-        policy = "uniform" if row.method == "uniform" else f"{row.method}:{row.a_eta}"
-        plan = planner.plan(policy, row.ratio)
+        plan = planner.plan(Policy(row.method, float(row.a_eta)), row.ratio)
         stored = np.asarray(row.mask, dtype=np.float32).reshape(stored_shape)
         if not np.array_equal(compress(plan), stored):
             raise PPFError(f"sample {row.key}: its stored mask differs from the plan made now — the dataset "

@@ -5,6 +5,7 @@ Thin steps over the components, shared by the flow, the CLI and the ablation ben
 - :func:`prepare_data` — validated samples, their images and the seeded held-out split;
 - :func:`train_and_score` — one network trained on the training rows, scored on the held-out ones;
 - :func:`speed` — the same held-out policies judged by the predictor and evaluated for real;
+- :func:`verify` — one policy's true JS (``ppf predict --verify``);
 - :func:`write_outputs` — the predictor file, the held-out table and the scatter plot;
 - :func:`register` — log + register in MLflow; move ``champion`` only if the new version is better
   on THIS held-out set (the champion is re-scored on it, not trusted by its own old numbers).
@@ -13,7 +14,6 @@ Thin steps over the components, shared by the flow, the CLI and the ablation ben
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppf.errors import PPFError
+from ppf import collect, plots
+from ppf.config import Params
+from ppf.io import write_bytes_atomic, write_text_atomic
+from ppf.policy import Planner, Policy
 from ppf.predictor.dataset import build_images, policy_groups, read_samples, split
-from ppf.predictor.features import Planner, image_shape
+from ppf.predictor.features import image_shape
 from ppf.predictor.net import NetConfig, PredictorNet
+from ppf.predictor.store import load_predictor, save_predictor
 from ppf.predictor.train import TrainConfig, fit, predict, scores, timed
+from ppf.registry import Incomparable, locate as locate_file, register as register_version
+from ppf.workbench import Workbench
 
 DATASET = Path("data") / "masks" / "samples.parquet"
 
@@ -45,11 +51,11 @@ class Data:
         return self.df["js"].to_numpy(dtype=float)
 
 
-def prepare_data(root: Path, params: Any, kind: str | None = None) -> Data:
-    pp = params.predictor
-    path = Path(root) / DATASET
+def prepare_data(wb: Workbench, kind: str | None = None) -> Data:
+    pp = wb.params.predictor
+    path = wb.root / DATASET
     df = read_samples(path)
-    planner = Planner.load(Path(root), params)
+    planner = wb.planner
     kind = kind or pp.input
     images = build_images(df, planner, kind)
     train, test = split(df, pp.test_fraction, pp.seed, pp.split)
@@ -57,7 +63,7 @@ def prepare_data(root: Path, params: Any, kind: str | None = None) -> Data:
     return Data(df, images, train, test, planner, kind, digest)
 
 
-def net_config(params: Any, in_channels: int, **overrides: Any) -> NetConfig:
+def net_config(params: Params, in_channels: int, **overrides: Any) -> NetConfig:
     pp = params.predictor
     base = dict(in_channels=in_channels, width=pp.width, dilations=tuple(pp.dilations),
                 spp_levels=tuple(pp.spp_levels), attention=pp.attention, spp=pp.spp, density=pp.density,
@@ -65,7 +71,7 @@ def net_config(params: Any, in_channels: int, **overrides: Any) -> NetConfig:
     return NetConfig(**{**base, **overrides})
 
 
-def train_config(params: Any) -> TrainConfig:
+def train_config(params: Params) -> TrainConfig:
     pp = params.predictor
     return TrainConfig(epochs=pp.epochs, batch_size=pp.batch_size, lr=pp.lr, momentum=pp.momentum,
                        weight_decay=pp.weight_decay, seed=pp.seed)
@@ -95,42 +101,24 @@ def heldout_table(data: Data, pred: np.ndarray) -> pd.DataFrame:
                          "predicted_js": pred})
 
 
-def real_evaluator(root: Path, params: Any):
-    """The collection's evaluator (dense model, importance, held-out tokens, dense reference)."""
-    from ppf.collect import SampleEvaluator
-    from ppf.engine import importance, token_batches
-    from ppf.models import load
-    from ppf.paths import cache_dir
-
-    model, tokenizer = load(params.model.name, params.model.dtype, params.model.device)
-    calib, heldout = token_batches(Path(root), params.model.name, tokenizer, params)
-    imp = importance(model, params.model.name, calib, params, cache_dir() / "importance",
-                     also_look_in=(Path(root) / "data" / "importance",))
-    return SampleEvaluator(model, imp, heldout, params)
-
-
-def verify(root: Path, params: Any, policy: Any, ratio: float) -> dict[str, float]:
+def verify(wb: Workbench, policy: Policy, ratio: float) -> dict[str, float]:
     """The TRUE JS of ``policy`` at ``ratio``: prune a copy of the model and measure it."""
-    from ppf.collect import Sample
-
-    row = real_evaluator(root, params).evaluate(Sample(policy.method, policy.a_eta, ratio))
+    row = collect.evaluate(wb, collect.Sample(policy.method, policy.a_eta, ratio))
     return {"true_js": row["js"], "true_eval_ms": 1e3 * (row["plan_s"] + row["eval_s"])}
 
 
-def speed(root: Path, params: Any, predictor: Any, data: Data, n: int, repeat: int = 50) -> dict[str, float]:
+def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50) -> dict[str, float]:
     """Predictor vs real evaluation of the same ``n`` held-out policies, in one process.
 
     Predictor: policy → plan → image → CNN (no weights touched). Real: the same plan → prune a copy
-    of the dense model → JS on the held-out tokens (the collection's evaluator; the dense reference
-    is computed once beforehand, as in collection).
+    of the dense model → JS on the held-out tokens (as in collection; the dense reference is
+    computed once beforehand).
     """
-    from ppf.collect import Sample
-
     rows = data.df.iloc[data.test[np.linspace(0, len(data.test) - 1, min(n, len(data.test))).astype(int)]]
-    samples = [Sample(r.method, float(r.a_eta), float(r.ratio)) for r in rows.itertuples(index=False)]
+    samples = [collect.Sample(r.method, float(r.a_eta), float(r.ratio)) for r in rows.itertuples(index=False)]
     pred_s = [timed(lambda s=s: predictor.predict(s.policy, s.ratio), repeat) for s in samples]
-    evaluator = real_evaluator(root, params)
-    real = [evaluator.evaluate(s) for s in samples]
+    wb.reference  # noqa: B018  (the dense reference is computed once, outside the timings, as in collection)
+    real = [collect.evaluate(wb, s) for s in samples]
     true_ms = 1e3 * float(np.mean([r["plan_s"] + r["eval_s"] for r in real]))
     predictor_ms = 1e3 * float(np.mean(pred_s))
     stored = dict(zip(data.df["key"], data.df["js"]))
@@ -139,52 +127,23 @@ def speed(root: Path, params: Any, predictor: Any, data: Data, n: int, repeat: i
             "speed_js_reproduced": float(max(abs(r["js"] - stored[r["key"]]) for r in real))}
 
 
-def scatter_png(table: pd.DataFrame, held_out: dict[str, float], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
-    for policy, g in table.groupby("policy"):
-        ax.scatter(g.true_js, g.predicted_js, s=14, label=policy)
-    lo = float(min(table.true_js.min(), table.predicted_js.min()))
-    hi = float(max(table.true_js.max(), table.predicted_js.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set_xlabel("true JS (pruned vs dense)")
-    ax.set_ylabel("predicted JS")
-    ax.set_title(f"{title}\nheld out: Spearman {held_out['spearman']:.3f}, MAE {held_out['mae']:.4f}", fontsize=9)
-    ax.legend(fontsize=7, title="held-out policy", title_fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def write_outputs(root: Path, net: PredictorNet, meta: dict[str, Any], table: pd.DataFrame,
                   history: list[float], held_out: dict[str, float]) -> dict[str, Path]:
     """models/predictor/predictor.safetensors, plots/predictor/{heldout.csv, scatter.png, loss.csv}."""
-    from ppf.io import write_bytes_atomic, write_text_atomic
-    from ppf.predictor.store import save_predictor
-
     root = Path(root)
-    plots = root / "plots" / "predictor"
+    folder = root / "plots" / "predictor"
     paths = {"predictor": save_predictor(net, root / "models" / "predictor", meta),
-             "heldout": write_text_atomic(plots / "heldout.csv", table.to_csv(index=False, float_format="%.6g")),
-             "loss": write_text_atomic(plots / "loss.csv", pd.DataFrame(
+             "heldout": write_text_atomic(folder / "heldout.csv", table.to_csv(index=False, float_format="%.6g")),
+             "loss": write_text_atomic(folder / "loss.csv", pd.DataFrame(
                  {"epoch": np.arange(1, len(history) + 1), "train_mse": history}).to_csv(index=False, float_format="%.6g")),
-             "scatter": write_bytes_atomic(plots / "scatter.png", scatter_png(table, held_out, meta["model"]))}
+             "scatter": write_bytes_atomic(folder / "scatter.png", plots.predictor_scatter(table, held_out, meta["model"]))}
     return paths
 
 
-def register(params: Any, predictor_file: Path, data: Data, held_out: dict[str, float],
+def register(params: Params, predictor_file: Path, data: Data, held_out: dict[str, float],
              tags: dict[str, str]) -> dict[str, Any]:
     """Register the predictor; ``champion`` moves if its held-out MAE beats the champion's on the
     same held-out samples (call inside an open MLflow run)."""
-    from ppf.predictor.store import load_predictor
-    from ppf.registry import Incomparable, register as register_version
-
     def rescore(file: Path) -> float:
         net, meta = load_predictor(file)
         want = image_shape(data.planner.shape, meta.get("input", "o_proj"))
@@ -198,10 +157,8 @@ def register(params: Any, predictor_file: Path, data: Data, held_out: dict[str, 
                             "held-out MAE", tags)
 
 
-def locate(ref: str | Path | None, root: Path, params: Any, scratch: str | Path) -> Path:
+def locate(ref: str | Path | None, root: Path, params: Params, scratch: str | Path) -> Path:
     """The predictor file for ``ref``: a path (default: the project's models/predictor), or
     ``registry:champion`` / ``registry:<version>``."""
-    from ppf.registry import locate as locate_file
-
     return locate_file(ref, Path(root) / "models" / "predictor", params.tracking.predictor_name,
                        "predictor.safetensors", root, scratch, "train_predictor")

@@ -3,7 +3,7 @@
 A predictor file (``predictor.safetensors``) holds the weights and, as metadata, everything needed
 to use it correctly: the architecture, the input kind, the image shape it was trained on, the
 base model and pruning settings of its dataset, and its held-out scores. :class:`Predictor` pairs
-it with a :class:`~ppf.predictor.features.Planner` and refuses a mismatched pair (another model,
+it with a :class:`~ppf.policy.Planner` and refuses a mismatched pair (another model,
 another mask shape) instead of predicting nonsense.
 """
 
@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from ppf.errors import PPFError
+from ppf.io import read_artifact, write_tensors_atomic
+from ppf.policy import Planner, Policy
 from ppf.predictor.features import image, image_shape
 from ppf.predictor.net import NetConfig, PredictorNet
 
@@ -26,8 +28,6 @@ FILE = "predictor.safetensors"
 
 def save_predictor(net: PredictorNet, path: str | Path, meta: dict[str, Any]) -> Path:
     """Write weights + metadata atomically (``path`` is a directory or a .safetensors file)."""
-    from ppf.io import write_tensors_atomic
-
     path = Path(path)
     file = path if path.suffix == ".safetensors" else path / FILE
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -39,8 +39,6 @@ def save_predictor(net: PredictorNet, path: str | Path, meta: dict[str, Any]) ->
 
 def load_predictor(path: str | Path) -> tuple[PredictorNet, dict[str, Any]]:
     """(network in eval mode, metadata); a clear PPFError for a missing or foreign file."""
-    from ppf.io import read_artifact
-
     file, tensors, meta = read_artifact(path, FILE, "predictor", "train_predictor")
     try:
         net = PredictorNet(NetConfig.from_dict(meta["net"]))
@@ -57,7 +55,7 @@ class Predictor:
 
     net: PredictorNet
     meta: dict[str, Any]
-    planner: Any  # ppf.predictor.features.Planner
+    planner: Planner
 
     def __post_init__(self) -> None:
         if self.meta["model"] != self.planner.model:
@@ -71,11 +69,9 @@ class Predictor:
                            "(`dvc repro collect train_predictor` with its name in params.yaml)")
 
     @classmethod
-    def load(cls, path: str | Path, root: Path, params: Any) -> "Predictor":
-        from ppf.predictor.features import Planner
-
+    def load(cls, path: str | Path, planner: Planner) -> "Predictor":
         net, meta = load_predictor(path)
-        return cls(net, meta, Planner.load(root, params))
+        return cls(net, meta, planner)
 
     def check_image(self, img: np.ndarray) -> torch.Tensor:
         want = tuple(self.meta["image_shape"])
@@ -91,7 +87,7 @@ class Predictor:
     def predict_plan(self, plan: Any) -> float:
         return float(self.predict_images(image(plan, self.meta["input"]))[0])
 
-    def predict(self, policy: str, ratio: float) -> dict[str, Any]:
+    def predict(self, policy: Policy, ratio: float) -> dict[str, Any]:
         """Predicted JS of ``policy`` at ``ratio`` with the plan it scored and the time it took."""
         t = time.perf_counter()
         plan = self.planner.plan(policy, ratio)

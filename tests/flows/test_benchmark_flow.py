@@ -93,4 +93,4 @@ def test_ppf_benchmark_command_resumes_from_finished_cells(bench_project, monkey
     monkeypatch.setattr(sys, "argv", argv[:3] + [model, "--methods", "owl,magic"])
     with pytest.raises(SystemExit) as exc:
         main()
-    assert exc.value.code == 2 and "unknown benchmark method 'magic'" in capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown method 'magic'" in capsys.readouterr().err

@@ -34,18 +34,18 @@ def test_a_killed_collection_resumes_without_loss_or_duplicates(tiny_project, tm
     from ppf import collect as C
 
     _setup(tiny_project)
-    real = C.SampleEvaluator.evaluate
+    real = C.evaluate
     calls = {"n": 0, "done": 0}
 
-    def dies_on_the_fourth(self, sample):
+    def dies_on_the_fourth(wb, sample):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt("killed")
-        row = real(self, sample)
+        row = real(wb, sample)
         calls["done"] += 1
         return row
 
-    monkeypatch.setattr(C.SampleEvaluator, "evaluate", dies_on_the_fourth)
+    monkeypatch.setattr(C, "evaluate", dies_on_the_fourth)
     with pytest.raises(BaseException):
         collect("params.yaml", root=str(tiny_project))
     assert not (tiny_project / "data" / "masks" / "samples.parquet").exists()
@@ -57,7 +57,7 @@ def test_a_killed_collection_resumes_without_loss_or_duplicates(tiny_project, tm
     assert evaluated_on_rerun == 6 - finished  # the finished ones came from Prefect's cache
     resumed = pd.read_parquet(tiny_project / "data" / "masks" / "samples.parquet")
     assert len(resumed) == 6 and resumed.key.is_unique
-    monkeypatch.setattr(C.SampleEvaluator, "evaluate", real)
+    monkeypatch.setattr(C, "evaluate", real)
     # an uninterrupted run in a second copy of the project gives the same dataset
     import shutil
 

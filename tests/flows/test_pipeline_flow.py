@@ -22,15 +22,15 @@ def test_the_pipeline_runs_end_to_end_and_reruns_from_cache(tiny_project, monkey
         assert (tiny_project / f).stat().st_size > 0, f
 
     # second run: no sample, judged policy or benchmark cell is computed again
-    import ppf.agent.recipe as agent_recipe
+    import ppf.agent.validation as validation
     import ppf.benchmark as bench
     from ppf import collect as collect_lib
 
     def boom(*a, **k):
         raise AssertionError("cached work was recomputed")
 
-    monkeypatch.setattr(collect_lib.SampleEvaluator, "evaluate", boom)
-    monkeypatch.setattr(agent_recipe.TrueJudge, "evaluate_plan", boom)
+    monkeypatch.setattr(collect_lib, "evaluate", boom)
+    monkeypatch.setattr(validation, "judge", boom)
     monkeypatch.setattr(bench, "evaluate", boom)
     pipeline_flow("params.yaml", root=str(tiny_project), stages=["collect", "train_agent", "benchmark"])
 

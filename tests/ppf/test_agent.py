@@ -7,7 +7,7 @@ import pytest
 
 from ppf.agent import AgentConfig, Agents, PruningEnv, act, decode, encode, sampling_window, save_agents, train_agent
 from ppf.agent.env import observe
-from ppf.baselines import alpha_policy, owl_policy
+from ppf.baselines import alpha, owl
 from ppf.errors import PPFError
 from ppf.plan import DenseShape
 from ppf.policy import Policy
@@ -71,7 +71,7 @@ def _toy_scorer(policy, ratio):
 
 
 def test_ddpg_finds_the_best_method_and_decays_its_noise():
-    actor, history = train_agent(_toy_scorer, 0.2, 0.4, AgentConfig(episodes=80, seed=0))
+    actor, history = train_agent(_toy_scorer, 0.2, 0.4, AgentConfig(episodes=80, gradient_steps=10, seed=0))
     assert len(history.episodes) == 80 and len(history.steps) == 400
     assert history.episodes[-1]["noise"] == pytest.approx(0.5 * 0.95 ** 79)
     assert np.mean([e["mean_reward"] for e in history.episodes[-10:]]) > np.mean(
@@ -101,15 +101,14 @@ def test_saved_agents_choose_their_mode_and_warn_outside(tmp_path):
 
 
 def test_baseline_mappings_follow_their_papers():
-    assert owl_policy(0.3) == Policy("lod", 0.08)
-    p = alpha_policy(0.4)
+    assert owl.policy(0.3) == Policy("lod", 0.08)
+    p = alpha.policy(0.4)
     assert p.method == "esd" and p.a_eta == pytest.approx(0.12)
-    assert alpha_policy(0.5, epsilon=1.0).a_eta == 0.5  # capped to the policy range
+    assert alpha.policy(0.5, epsilon=1.0).a_eta == 0.5  # capped to the policy range
 
 
 def test_search_improves_the_surrogate_and_returns_distinct_plans():
-    from ppf.policy import UnitRanks
-    from ppf.predictor.features import Planner
+    from ppf.policy import Planner, UnitRanks
     from ppf.search import cma_search
 
     shape = DenseShape(6, 16, 4, 2, 4, 32)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ppf import checkpoint
-from ppf.checkpoint import load_pruned, read_meta, read_plan, register_with_transformers, save_pruned
+from ppf.checkpoint import load_pruned, read_plan, register_with_transformers, save_pruned
 from ppf.errors import PPFError
 from ppf.plan import DenseShape, LayerPlan, PruningPlan
 from ppf.prune import plan_of, prune_model
@@ -74,7 +74,7 @@ def test_round_trip_is_bit_identical(tmp_path: Path, n_kv, model_type):
     assert "auto_map" not in cfg
     assert cfg["num_attention_heads"] == 4 and cfg["intermediate_size"] == 96  # the dense config
     assert cfg["ppf_layers"] == checkpoint.layer_shapes(plan_of(model))
-    meta = read_meta(out)
+    meta = json.loads((out / "ppf.json").read_text())
     assert meta["base"] == "tiny" and meta["extra"] == {"ratio": 0.3}
     assert meta["policy"] == {"method": "test", "a_eta": 0.5} and meta["ppf_version"]
     assert read_plan(out) == plan_of(model)
@@ -160,11 +160,11 @@ def test_interrupted_overwrite_keeps_the_old_checkpoint(tmp_path: Path, monkeypa
     with pytest.raises(OSError):
         save_pruned(other, tok2, tmp_path / "ck", base="second")
     monkeypatch.undo()
-    assert read_meta(tmp_path / "ck")["base"] == "first"
+    assert json.loads((tmp_path / "ck" / "ppf.json").read_text())["base"] == "first"
     assert read_plan(tmp_path / "ck") == plan_of(model)
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     save_pruned(other, tok2, tmp_path / "ck", base="second")  # a completed overwrite replaces it
-    assert read_meta(tmp_path / "ck")["base"] == "second"
+    assert json.loads((tmp_path / "ck" / "ppf.json").read_text())["base"] == "second"
 
 
 def test_refuses_to_replace_a_foreign_directory(tmp_path: Path):

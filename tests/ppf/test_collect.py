@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
-from ppf.collect import Sample, SampleEvaluator, policy_grid, sample_policies
+from ppf.collect import Sample, evaluate, policy_grid, sample_policies
 from ppf.config import parse_params
-from ppf.engine import importance
 from ppf.errors import PPFError
+from ppf.policy import Policy
+from ppf.workbench import Workbench
 from tiny import make_llama
 
 
@@ -27,7 +28,8 @@ def test_paper_grid_and_seeded_sampling():
         policy_grid(methods=("lod", "magic"))
     with pytest.raises(PPFError):
         policy_grid(ratios=(0.5, 1.2, 0.1))
-    assert Sample("lod", 0.2, 0.35).key == "lod:0.2000@0.3500" and Sample("bi", 0.25, 0.3).policy == "bi:0.25"
+    assert Sample("lod", 0.2, 0.35).key == "lod:0.2000@0.3500" and Sample("bi", 0.25, 0.3).policy == Policy("bi", 0.25)
+    assert Sample("bi", 0.25, 0.3).label == "bi:0.25"
 
 
 @pytest.mark.parametrize("kv", [4, 2])
@@ -35,18 +37,18 @@ def test_evaluator_matches_a_physical_prune_and_leaves_the_dense_model_alone(kv)
     from ppf.metrics import js_divergence
     from ppf.prune import prune_model
 
-    model, _ = make_llama(4, kv)
+    model, tok = make_llama(4, kv)
     g = torch.Generator().manual_seed(0)
     calib, heldout = torch.randint(4, 90, (4, 16), generator=g), torch.randint(4, 90, (2, 16), generator=g)
     params = parse_params({"pruning": {"unit_importance": "activation"}})
-    imp = importance(model, "tiny", calib, params, cache_dir=None)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ev = SampleEvaluator(model, imp, heldout, params)
-    row = ev.evaluate(Sample("bi", 0.3, 0.4))
+    wb = Workbench.of(model, tok, params, calib, heldout)
+    row = evaluate(wb, Sample("bi", 0.3, 0.4))
     assert abs(row["actual_ratio"] - 0.4) <= 0.005 and row["mask_shape"] == [1, 3, 4]
     assert len(row["mask"]) == 12 and set(row["mask"]) <= {0, 1} and len(row["layer_ratios"]) == 3
     assert row["js"] > 0 and row["ppr"] == pytest.approx(row["js"] / row["actual_ratio"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    reference = js_divergence(model, prune_model(copy.deepcopy(model), ev.plan(Sample("bi", 0.3, 0.4))), heldout)
+    reference = js_divergence(model, prune_model(copy.deepcopy(model), wb.planner.plan(Policy("bi", 0.3), 0.4)),
+                              heldout)
     assert row["js"] == pytest.approx(reference, rel=1e-5)
-    assert ev.evaluate(Sample("bi", 0.3, 0.4))["js"] == row["js"]
+    assert evaluate(wb, Sample("bi", 0.3, 0.4))["js"] == row["js"]

@@ -20,10 +20,9 @@ from tiny import make_text, make_tokenizer
 from ppf.io import write_text_atomic as atomic_write_text
 from ppf.data.bigbench import fetch_sdist, read_task_jsons
 from ppf.data.corpus import (calibration_batch, detect_language, load_hf_corpus, read_text_files,
-                             split_articles, tokenize_text, wikipedia_articles, write_splits)
+                             split_articles, tokenize_text, wikipedia_articles)
 from ppf.data.tasks import TASK_SOURCES, build_tasks, lm_eval_include_dir, read_records
 from ppf.errors import PPFError
-from ppf.evaluate import chance_level
 
 EN = ["The cat was on the mat.\nIt is a cat of the house.\nThe house is in the city.\n",
       "The university was founded in 1900.\nIt has two schools.\n"
@@ -202,11 +201,12 @@ def test_split_articles_rejects_too_few_articles():
         split_articles(ARTICLES[:2], 0.1, 0.1, seed=0)
 
 
-def test_write_splits_then_read_text_files(tmp_path):
+def test_read_text_files(tmp_path):
     splits = split_articles(ARTICLES[:20], 0.1, 0.1, seed=0)
-    paths = write_splits(splits, tmp_path / "corpus")
-    assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == [
-        "test.txt", "train.txt", "valid.txt"]
+    paths = {}
+    for name, articles in splits.items():
+        paths[name] = tmp_path / f"{name}.txt"
+        paths[name].write_text("\n\n".join(articles) + "\n", encoding="utf-8")
     texts = read_text_files(paths["train"], paths["valid"], paths["test"])
     assert texts["valid"] == "\n\n".join(splits["valid"]) + "\n"
     assert texts["train"].split("\n\n")[0] == splits["train"][0]
@@ -299,8 +299,7 @@ def test_build_tasks_writes_jsonl_and_relocatable_yaml(tmp_path):
     hyper = read_records(tmp_path, "hyperbaton")
     assert hyper[0]["choices"] == ["big old red car 0", "red old big car 0"]
     assert [r["choices"][r["gold"]].startswith("big") for r in hyper] == [True] * 10
-    assert chance_level(tmp_path, "goal_step_wikihow") == pytest.approx(0.25)
-    assert chance_level(tmp_path, "hyperbaton") == pytest.approx(0.5)
+    assert {len(r["choices"]) for r in read_records(tmp_path, "goal_step_wikihow")} == {4}
 
 
 def test_build_tasks_subsample_is_seeded(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from tiny import WORDS, make_llama
 from ppf.data.tasks import build_tasks
 from ppf.errors import PPFError
-from ppf.evaluate import chance_level, zero_shot
+from ppf.evaluate import zero_shot
 
 
 def words(i: int, n: int) -> str:
@@ -66,11 +66,6 @@ def test_zero_shot_rejects_unbuilt_tasks(tasks_dir):
     model, tok = make_llama(4, 4, layers=1)
     with pytest.raises(PPFError, match="'goal_step_wikihow' is not built"):
         zero_shot(model, tok, tasks_dir, names=["goal_step_wikihow"])
-
-
-def test_chance_level(tasks_dir):
-    assert chance_level(tasks_dir, "social_iqa") == pytest.approx(1 / 3)
-    assert chance_level(tasks_dir, "hyperbaton") == pytest.approx(1 / 2)
 
 
 def test_speed_reports_throughput_and_memory():

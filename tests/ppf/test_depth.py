@@ -7,7 +7,9 @@ import copy
 import pytest
 import torch
 
-from ppf.blocks import block_ratio, blockpruner_order, blocks_for_ratio, drop_blocks, shortgpt_layers
+from ppf.baselines.blockpruner import blocks_for_ratio, next_token_nll, removal_order
+from ppf.baselines.shortgpt import layers_to_remove
+from ppf.depth import NoAttention, NoMLP, block_ratio, drop_blocks
 from ppf.errors import PPFError
 from ppf.plan import DenseShape
 from tiny import make_llama
@@ -63,10 +65,10 @@ def test_bad_removals_are_refused(tiny_gqa):
 def test_shortgpt_drops_the_least_influential_layers():
     shape = DenseShape(10, 16, 4, 2, 4, 32)
     bi = [5, 1, 7, 0.5, 9, 3, 8, 2, 6, 4]
-    assert shortgpt_layers(bi, shape, 0.2) == [1, 3]
-    assert shortgpt_layers(bi, shape, 0.4) == [1, 3, 5, 7]
+    assert layers_to_remove(bi, shape, 0.2) == [1, 3]
+    assert layers_to_remove(bi, shape, 0.4) == [1, 3, 5, 7]
     with pytest.raises(PPFError, match="removes 0"):
-        shortgpt_layers(bi, shape, 0.01)
+        layers_to_remove(bi, shape, 0.01)
 
 
 def test_blockpruner_removes_the_block_that_hurts_least_first():
@@ -81,7 +83,7 @@ def test_blockpruner_removes_the_block_that_hurts_least_first():
         return float((reference.exp() * (reference - logits.log_softmax(-1))).sum(-1).mean())
 
     shape = DenseShape.of(model)
-    steps = blockpruner_order(model, x, shape, max_ratio=0.3, loss=loss)
+    steps = removal_order(model, x, shape, max_ratio=0.3, loss=loss)
     assert (steps[0]["kind"], steps[0]["layer"]) == ("mlp", 1)
     assert steps[-1]["block_ratio"] >= 0.3 and all(a["block_ratio"] < b["block_ratio"] for a, b in zip(steps, steps[1:]))
     attn, mlp, actual = blocks_for_ratio(steps, 0.2)
@@ -93,12 +95,11 @@ def test_blockpruner_removes_the_block_that_hurts_least_first():
 def test_blockpruner_scores_from_cached_layer_inputs_exactly_as_a_full_forward_would(kv):
     """The prefix reuse is an optimisation only: the same greedy order and losses as scoring every
     candidate with a full forward pass of the whole model."""
-    from ppf.blocks import NoAttention, NoMLP, next_token_nll
 
     model, _ = make_llama(4, kv, layers=4)
     x = _ids()
     shape = DenseShape.of(model)
-    fast = blockpruner_order(model, x, shape, max_ratio=0.5)
+    fast = removal_order(model, x, shape, max_ratio=0.5)
 
     import copy
 

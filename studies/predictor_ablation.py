@@ -8,8 +8,8 @@ Not a test: it trains one predictor per variant on the SAME policy-held-out spli
   * architecture on the o_proj input: base (no spatial attention, no SPP, no density branch),
     without SA, without SPP, without the density branch, full.
 
-Writes benchmarks/results/predictor_ablation.{csv,md}.
-Run (after `dvc repro collect`):  python benchmarks/predictor_ablation.py [--seeds 0 1 2] [--epochs N]
+Writes studies/results/predictor_ablation.{csv,md}.
+Run (after `dvc repro collect`):  python studies/predictor_ablation.py [--seeds 0 1 2] [--epochs N]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from ppf.config import load_params
 from ppf.io import write_text_atomic
 from ppf.predictor import TrainConfig, recipe
+from ppf.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUTS = ["o_proj", "attention", "mlp", "o_proj+mlp"]
@@ -41,7 +42,8 @@ def main() -> None:
     torch.set_num_threads(1)
     params = load_params(args.params)
     epochs = args.epochs or params.predictor.epochs
-    data = {kind: recipe.prepare_data(ROOT, params, kind) for kind in INPUTS}
+    wb = Workbench(ROOT, params)
+    data = {kind: recipe.prepare_data(wb, kind) for kind in INPUTS}
     variants = [("input", kind, kind, {}) for kind in INPUTS]
     variants += [("architecture", name, params.predictor.input, over) for name, over in ARCHS.items()]
     rows = []
@@ -56,7 +58,7 @@ def main() -> None:
                          "train_s": time.perf_counter() - t})
             print(f"{group:12s} {name:28s} seed {seed}: MAE {s['mae']:.4f}  Spearman {s['spearman']:.4f}", flush=True)
     df = pd.DataFrame(rows)
-    out = ROOT / "benchmarks" / "results"
+    out = ROOT / "studies" / "results"
     write_text_atomic(out / "predictor_ablation.csv", df.to_csv(index=False, float_format="%.6g"))
     y = data[INPUTS[0]].y
     table = df.groupby(["group", "variant"], sort=False).agg(

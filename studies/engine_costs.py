@@ -1,4 +1,4 @@
-"""Engine benchmark on the real model: what each step of the pruning engine costs, and what it gives.
+"""Engine costs on the real model: what each step of the pruning engine costs, and what it gives.
 
 Not a test (nothing is asserted): it measures, on the prepared project data,
   * the time of each layer-importance method and each unit-importance kind,
@@ -6,9 +6,9 @@ Not a test (nothing is asserted): it measures, on the prepared project data,
     one perplexity evaluation, save + reload (identical logits?),
   * tokens/s (batched prefill at seqlen 512, batch-1 greedy generation) and weight memory of the
     dense and pruned models.
-Writes benchmarks/results/engine.json and engine.md.
+Writes studies/results/engine.json and engine.md.
 
-Run (after `dvc repro prepare`):  python benchmarks/engine.py [--ratios 0.2 0.4 0.5] [--policies ...]
+Run (after `dvc repro prepare`):  python studies/engine_costs.py [--ratios 0.2 0.4 0.5] [--policies ...]
 """
 
 from __future__ import annotations
@@ -23,16 +23,14 @@ from pathlib import Path
 import torch
 
 from ppf.config import load_params
-from ppf.data.corpus import tokenize_text
-from ppf.engine import importance, make_plan, token_batches
 from ppf.evaluate import speed
 from ppf.importance import layer_importance, unit_importance
 from ppf.io import write_json_atomic, write_text_atomic
 from ppf.masks import compress
 from ppf.metrics import js_divergence, next_token_logprobs, perplexity
-from ppf.models import load
-from ppf.plan import DenseShape
+from ppf.policy import Policy
 from ppf.prune import prune_model
+from ppf.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,16 +46,17 @@ def main() -> None:
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4, 0.5])
     ap.add_argument("--policies", nargs="+", default=["uniform", "lod:0.2", "esd:0.2", "bi:0.2"])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default=str(ROOT / "studies" / "results"))
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     params = load_params(args.params)
     if args.threads:
         torch.set_num_threads(args.threads)
     name = params.model.name
-    model, tok = load(name)
-    calib, heldout = token_batches(ROOT, name, tok, params)
-    valid = tokenize_text(tok, (ROOT / "data" / "corpus" / "valid.txt").read_text(encoding="utf-8"))
+    wb = Workbench(ROOT, params)
+    model, tok = wb.model, wb.tokenizer
+    calib, heldout = wb.tokens
+    valid = wb.split_tokens("valid")
     ev = params.eval
     res: dict = {"model": name, "calibration": list(calib.shape), "heldout": list(heldout.shape),
                  "eval": ev.model_dump(), "threads": torch.get_num_threads(), "importance_s": {}}
@@ -68,8 +67,7 @@ def main() -> None:
     for kind in ("taylor", "activation"):
         _, s = timed(unit_importance, model, calib, kind=kind)
         res["importance_s"][f"units_{kind}"] = s
-    imp = importance(model, name, calib, params, ROOT / "data" / "importance")
-    shape = DenseShape.of(model)
+    wb.importance(compute=True, save_to=ROOT / "data" / "importance")
 
     ref, res["reference_logprobs_s"] = timed(next_token_logprobs, model, heldout, params.js.batch_size)
     ppl, s = timed(perplexity, model, valid, ev.seqlen, ev.batch_size, ev.max_windows)
@@ -80,7 +78,7 @@ def main() -> None:
     for ratio in args.ratios:
         for policy in args.policies:
             row = {"ratio": ratio, "policy": policy}
-            plan, row["plan_ms"] = timed(make_plan, shape, imp, policy, ratio, params)
+            plan, row["plan_ms"] = timed(wb.planner.plan, Policy.parse(policy), ratio)
             row["plan_ms"] *= 1e3
             _, mask_s = timed(compress, plan)
             row["mask_ms"] = mask_s * 1e3
@@ -106,7 +104,7 @@ def main() -> None:
     out = Path(args.out)
     write_json_atomic(out / "engine.json", res)
     d = res["dense"]
-    lines = [f"# Engine benchmark — {name} ({res['threads']} CPU threads)", "",
+    lines = [f"# Engine costs — {name} ({res['threads']} CPU threads)", "",
              "Importance (s, calibration " + "x".join(map(str, res["calibration"])) + "): "
              + ", ".join(f"{k} {v:.1f}" for k, v in res["importance_s"].items()), "",
              f"Dense: valid ppl {d['ppl_valid']:.2f} ({ev.max_windows} x {ev.seqlen} tokens, {d['ppl_s']:.0f} s), "

@@ -1,0 +1,128 @@
+"""Validation of the trained agents on the TRUE model, and the report of it.
+
+- :func:`validation_ratios` — the ratios of the paper's dynamic setting (uniform in a range);
+- :func:`contenders` — per ratio, the policies compared: the agent's, uniform, OWL's and
+  AlphaPruning's mappings, and the best of the exhaustive (method × a_eta) grid judged by the predictor;
+- :func:`search_candidates` — beyond the paper: CMA-ES over per-layer ratio vectors at each static
+  ratio, its ``search.top_k`` best by the predictor, to be evaluated for real;
+- :func:`judge` — one row pruned and measured (true JS, valid perplexity) on the workbench;
+- :func:`table` / :func:`summarise` — the judged rows as results/agent_validation.csv and
+  metrics/agent.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ppf.agent.env import AGENT_METHODS
+from ppf.baselines import alpha, owl
+from ppf.config import Params
+from ppf.policy import Policy
+from ppf.search import cma_search
+from ppf.workbench import Workbench
+
+CONTENDERS = ("agent", "uniform", "owl", "alpha", "grid_best")
+
+
+def predicted(predictor: Any, policy: Policy, ratio: float) -> tuple[float, float]:
+    """(predicted JS, actual ratio) of ``policy`` at ``ratio``."""
+    out = predictor.predict(policy, ratio)
+    return out["js"], out["actual_ratio"]
+
+
+def validation_ratios(params: Params) -> list[float]:
+    v = params.agent.validation
+    return [round(float(r), 6) for r in np.linspace(v.range[0], v.range[1], v.n_ratios)]
+
+
+def grid(step: float) -> list[Policy]:
+    n = int(round(0.5 / step))
+    etas = sorted({round(min(0.5, i * step), 6) for i in range(n + 1)})
+    return [Policy(m, e) for m in AGENT_METHODS for e in etas]
+
+
+def grid_best(predictor: Any, ratio: float, step: float) -> tuple[Policy, float]:
+    """The grid policy with the lowest predicted PPR at ``ratio`` (and that PPR)."""
+    best, best_ppr = None, float("inf")
+    for pol in grid(step):
+        js, actual = predicted(predictor, pol, ratio)
+        if js / actual < best_ppr:
+            best, best_ppr = pol, js / actual
+    return best, best_ppr
+
+
+def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float], setting: str) -> list[dict[str, Any]]:
+    """One row per (ratio, contender): its policy (object and text) and predicted JS / PPR."""
+    v = params.agent.validation
+    rows = []
+    for r in ratios:
+        policies = {"agent": agents.decide(r)["policy"], "uniform": Policy("uniform"),
+                    "owl": owl.policy(r, v.owl_lambda), "alpha": alpha.policy(r, v.alpha_epsilon),
+                    "grid_best": grid_best(predictor, r, v.grid_step)[0]}
+        for name, pol in policies.items():
+            js, actual = predicted(predictor, pol, r)
+            rows.append({"ratio": r, "contender": name, "policy": str(pol), "predicted_js": js,
+                         "predicted_ppr": js / actual, "setting": setting, "_policy": pol})
+    return rows
+
+
+def search_candidates(predictor: Any, rows: list[dict[str, Any]], params: Params) -> tuple[list[dict], dict]:
+    """CMA-ES from the grid's best at every static ratio: rows of its best candidates, and stats."""
+    s = params.search
+    out, stats = [], {}
+    for r in params.agent.static:
+        start = next(x["_policy"] for x in rows
+                     if x["setting"] == "static" and x["ratio"] == r and x["contender"] == "grid_best")
+        cands, stats[f"{r:g}"] = cma_search(predictor, r, start, s.budget, s.sigma0, s.top_k, s.seed)
+        out += [{"ratio": r, "contender": f"search#{i + 1}", "policy": f"search:{i + 1}",
+                 "predicted_js": c.predicted_js, "predicted_ppr": c.predicted_ppr, "setting": "static",
+                 "_scores": c.scores, "_a_eta": c.a_eta} for i, c in enumerate(cands)]
+    return out, stats
+
+
+def plan_of(wb: Workbench, row: dict[str, Any]):
+    """The plan a row stands for: its policy, or a searched ratio vector."""
+    if row.get("_scores") is not None:
+        return wb.planner.plan_scores(list(row["_scores"]), row["_a_eta"], row["ratio"])
+    return wb.planner.plan(row["_policy"], row["ratio"])
+
+
+def judge(wb: Workbench, row: dict[str, Any], ppl_windows: int) -> dict[str, float]:
+    """True JS + valid perplexity of a row's plan."""
+    plan = plan_of(wb, row)
+    res = wb.judge(plan, ppl_windows)
+    ratios = plan.layer_ratios()
+    return {"true_js": res["js"], "ppl_valid": res["ppl_valid"], "actual_ratio": plan.block_ratio,
+            "layer_ratio_min": float(min(ratios)), "layer_ratio_max": float(max(ratios)), "seconds": res["seconds"]}
+
+
+def table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The judged rows; of the search candidates, the best by TRUE JS per ratio becomes ``search``."""
+    t = pd.DataFrame(rows).drop(columns=["_policy", "_scores", "_a_eta"], errors="ignore")
+    t["true_ppr"] = t.true_js / t.actual_ratio
+    static = t[t.setting == "static"]
+    searched = static[static.contender.str.startswith("search#")]
+    best = searched.loc[searched.groupby("ratio").true_js.idxmin()].assign(contender="search")
+    return pd.concat([t[~t.contender.str.startswith("search#")], best,
+                      searched.assign(contender=searched.contender.str.replace("#", "_candidate"))], ignore_index=True)
+
+
+def summarise(t: pd.DataFrame, params: Params, search_stats: dict) -> dict[str, Any]:
+    """metrics/agent.json's validation part: mean ppl / JS per contender, and per static ratio."""
+    dyn = t[t.setting == "dynamic"].groupby("contender")
+    m: dict[str, Any] = {"n_validation_ratios": int(params.agent.validation.n_ratios)}
+    for c in CONTENDERS:
+        m[f"mean_ppl_{c}"] = float(dyn.ppl_valid.mean()[c])
+        m[f"mean_js_{c}"] = float(dyn.true_js.mean()[c])
+    for c in CONTENDERS[1:]:
+        m[f"ppl_reduction_vs_{c}_pct"] = 100.0 * (1 - m["mean_ppl_agent"] / m[f"mean_ppl_{c}"])
+    for r, g in t[t.setting == "static"].groupby("ratio"):
+        by = g.set_index("contender")
+        for c in (*CONTENDERS, "search"):
+            if c in by.index:
+                m[f"static_{r:g}_ppl_{c}"] = float(by.ppl_valid[c])
+        m[f"static_{r:g}_search"] = search_stats[f"{r:g}"]
+    return m

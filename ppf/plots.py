@@ -1,0 +1,88 @@
+"""Every figure ppf draws, as PNG bytes (matplotlib, Agg backend): the callers write them atomically.
+
+- :func:`predictor_scatter` — held-out predicted vs true JS, one colour per held-out policy;
+- :func:`agent_rewards` — reward per episode (and best so far) of every agent mode;
+- :func:`agent_validation` — valid perplexity of every contender across the validation ratios;
+- :func:`benchmark_curves` — test perplexity / zero-shot / speed of every method vs actual ratio.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import pandas as pd  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def predictor_scatter(table: pd.DataFrame, held_out: dict[str, float], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    for policy, g in table.groupby("policy"):
+        ax.scatter(g.true_js, g.predicted_js, s=14, label=policy)
+    lo = float(min(table.true_js.min(), table.predicted_js.min()))
+    hi = float(max(table.true_js.max(), table.predicted_js.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel("true JS (pruned vs dense)")
+    ax.set_ylabel("predicted JS")
+    ax.set_title(f"{title}\nheld out: Spearman {held_out['spearman']:.3f}, MAE {held_out['mae']:.4f}", fontsize=9)
+    ax.legend(fontsize=7, title="held-out policy", title_fontsize=7)
+    return _png(fig)
+
+
+def agent_rewards(curves: pd.DataFrame) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for mode, g in curves.groupby("mode"):
+        line, = ax.plot(g.episode, g.mean_reward, lw=1, alpha=0.6, label=f"{mode} (episode mean)")
+        ax.plot(g.episode, g.best_reward, lw=1.5, color=line.get_color(), ls="--")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward = -predicted JS / r_act  (dashed: best so far)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def agent_validation(table: pd.DataFrame) -> bytes:
+    dyn = table[table.setting == "dynamic"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for c, g in dyn.groupby("contender"):
+        ax.plot(g.ratio, g.ppl_valid, marker="o", ms=3, label=c)
+    ax.set_yscale("log")
+    ax.set_xlabel("target block ratio")
+    ax.set_ylabel("valid perplexity (true model)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+BENCHMARK_FIGURES = (("ppl", "ppl_test", "test perplexity", True),
+                     ("zeroshot", "zs_mean", "mean zero-shot accuracy", False),
+                     ("speed", "tokens_per_s", "generation tokens/s (batch 1)", False))
+
+
+def benchmark_curves(df: pd.DataFrame) -> dict[str, bytes]:
+    """{name: PNG} for every figure of :data:`BENCHMARK_FIGURES`: each method's curve vs actual ratio."""
+    pruned = df[df.method != "dense"]
+    dense = df[df.method == "dense"]
+    out = {}
+    for name, col, label, log in BENCHMARK_FIGURES:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        for m, g in pruned.groupby("method"):
+            g = g.sort_values("actual_ratio")
+            ax.plot(g.actual_ratio, g[col], marker="o", label=m, lw=2.5 if m == "ppf" else 1.2)
+        if len(dense):
+            ax.axhline(float(dense[col].iloc[0]), color="k", ls="--", lw=1, label="dense")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("actual block reduction")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        out[name] = _png(fig)
+    return out

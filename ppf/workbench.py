@@ -1,0 +1,229 @@
+"""One dense model and everything pruning and judging it needs, for one project and its params.
+
+A :class:`Workbench` is built from (project root, params) and computes each thing once, on first
+use: the model's shape (from its config alone), the token batches (calibration from train,
+held-out JS tokens from valid: ONE reader), the importance scores (cached on disk), the
+:class:`~ppf.policy.Planner` (the one way to make a plan), the dense model, its reference
+log-probabilities on the held-out tokens, and tokenized corpus splits. :meth:`Workbench.pruned`
+makes a pruned copy that shares with the dense model what pruning never touches (embeddings, head,
+final norm), so a policy costs one copy of the blocks and one forward.
+
+Collection, the agent's true judge, ``ppf predict --verify``, ``ppf prune``, the benchmark and the
+flows all use it; nothing else loads a dense model for pruning.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ppf.arch import describe
+from ppf.checkpoint import is_checkpoint, save_pruned
+from ppf.config import Params
+from ppf.data.corpus import calibration_batch, tokenize_text
+from ppf.errors import PPFError
+from ppf.importance import Importance, cached_importance
+from ppf.io import read_tensors
+from ppf.metrics import js_divergence, next_token_logprobs, perplexity
+from ppf.models import load, load_config
+from ppf.paths import cache_dir
+from ppf.plan import DenseShape, PruningPlan
+from ppf.policy import Planner, Policy, UnitRanks
+from ppf.prune import prune_model
+
+TOKENS = Path("data") / "calibration" / "tokens.safetensors"
+
+
+class Workbench:
+    """The dense model ``params.model.name`` of the project at ``root``, loaded lazily.
+
+    Importance scores are read from the project's ``data/importance`` (or the user cache); with
+    ``compute_importance`` a miss computes them with the dense model (for callers that load it anyway).
+    """
+
+    def __init__(self, root: str | Path, params: Params, compute_importance: bool = False):
+        self.root, self.params, self.compute_importance = Path(root), params, compute_importance
+        self.name = params.model.name
+        self._splits: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def of(cls, model: nn.Module, tokenizer: Any, params: Params, calibration: torch.Tensor, heldout: torch.Tensor,
+           root: str | Path = ".") -> "Workbench":
+        """A workbench around an in-memory dense model and token batches (tests, notebooks): the
+        importance is computed from them, in memory."""
+        wb = cls(root, params)
+        wb.__dict__.update(_loaded=(model.eval(), tokenizer), tokens=(calibration, heldout), shape=DenseShape.of(model))
+        pp = params.pruning
+        imp = cached_importance(model, wb.name, calibration, pp.unit_importance, pp.outlier_m, (), None)
+        wb.__dict__["planner"] = wb._planner(imp)
+        return wb
+
+    # ---- numbers only (no weights) -------------------------------------------------------------
+    @cached_property
+    def shape(self) -> DenseShape:
+        return DenseShape.of(load_config(self.name))
+
+    @cached_property
+    def tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(calibration [N, L] from train, held-out [n, l] from valid) for this model.
+
+        The prepared file is used when it was made for this model and these settings; otherwise the
+        batches are drawn the same way from the prepared corpus with this model's tokenizer.
+        """
+        p = self.params
+        path = self.root / TOKENS
+        if path.is_file():
+            tensors, meta = read_tensors(path)
+            if meta.get("model") == str(self.name) and meta.get("calibration") == p.calibration.model_dump() \
+                    and meta.get("js") == p.js.model_dump():
+                return tensors["calibration"], tensors["heldout"]
+        corpus = self.root / "data" / "corpus"
+        if not (corpus / "train.txt").is_file() or not (corpus / "valid.txt").is_file():
+            raise PPFError(f"no prepared corpus in '{corpus}'; run `dvc repro prepare` in the project first")
+        cal, js = p.calibration, p.js
+        return (calibration_batch(self.split_tokens("train"), cal.n_samples, cal.seqlen, cal.seed),
+                calibration_batch(self.split_tokens("valid"), js.n_samples, js.seqlen, js.seed))
+
+    def importance(self, compute: bool = False, save_to: Path | None = None) -> Importance:
+        """The dense model's importance scores, from the project's ``data/importance`` or the user
+        cache; with ``compute`` a miss runs the model (saved to ``save_to``, default the user cache)."""
+        pp = self.params.pruning
+        folders = (self.root / "data" / "importance", cache_dir() / "importance")
+        if save_to is not None:
+            folders = (Path(save_to),)
+        return cached_importance(self.model if compute else None, self.name, self.tokens[0], pp.unit_importance,
+                                 pp.outlier_m, folders, save_to or (cache_dir() / "importance" if compute else None))
+
+    @cached_property
+    def planner(self) -> Planner:
+        return self._planner(self.importance(compute=self.compute_importance))
+
+    def _planner(self, imp: Importance) -> Planner:
+        pp = self.params.pruning
+        return Planner(str(self.name), self.shape, dict(imp.layer), UnitRanks.of(imp.units, self.shape),
+                       pp.max_layer_ratio, pp.tolerance)
+
+    @cached_property
+    def agents(self) -> Any:
+        """The project's trained agents (models/agent), checked to be this model's."""
+        from ppf.agent import Agents  # stable-baselines3: only for the callers that decide with the agent
+
+        agents = Agents.load(self.root / "models" / "agent")
+        if agents.meta.get("model") != self.name:
+            raise PPFError(f"models/agent was trained for {agents.meta.get('model')}, not {self.name}; "
+                           "run `dvc repro train_agent` for this model or leave `ppf` out of the methods")
+        return agents
+
+    # ---- the dense model -----------------------------------------------------------------------
+    @cached_property
+    def _loaded(self) -> tuple[nn.Module, Any]:
+        m = self.params.model
+        model, tokenizer = load(m.name, m.dtype, m.device)
+        return model.eval(), tokenizer
+
+    @property
+    def model(self) -> nn.Module:
+        return self._loaded[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._loaded[1]
+
+    def split_tokens(self, split: str) -> torch.Tensor:
+        """A prepared corpus split (train / valid / test, or a text file's path) as one token stream."""
+        if split not in self._splits:
+            path = self.root / "data" / "corpus" / f"{split}.txt"
+            if split not in ("train", "valid", "test"):
+                path = self.root / split
+            if not path.is_file():
+                raise PPFError(f"no corpus file '{path}'; run `dvc repro prepare` (or fix the path)")
+            self._splits[split] = tokenize_text(self.tokenizer, path.read_text(encoding="utf-8"))
+        return self._splits[split]
+
+    @cached_property
+    def reference(self) -> torch.Tensor:
+        """The dense model's next-token log-probabilities on the held-out tokens (computed once)."""
+        return next_token_logprobs(self.model, self.tokens[1], self.params.js.batch_size)
+
+    # ---- pruned copies -------------------------------------------------------------------------
+    def copy(self) -> nn.Module:
+        """A copy of the dense model sharing the modules pruning never touches."""
+        m = self.model
+        shared = [m.get_input_embeddings(), m.get_output_embeddings(), m.model.norm]
+        memo = {id(t): t for mod in shared if mod is not None for t in (*mod.parameters(), *mod.buffers())}
+        return copy.deepcopy(m, memo=memo)
+
+    def pruned(self, plan: PruningPlan) -> nn.Module:
+        """The dense model pruned to ``plan`` (a copy; the dense model stays as it is)."""
+        return prune_model(self.copy(), plan)
+
+    @torch.no_grad()
+    def js(self, model: nn.Module) -> float:
+        """JS(dense || model) on the held-out tokens."""
+        return js_divergence(self.reference, model, self.tokens[1], self.params.js.batch_size)
+
+    @torch.no_grad()
+    def perplexity(self, model: nn.Module, split: str, max_windows: int | None) -> float:
+        ev = self.params.eval
+        return perplexity(model, self.split_tokens(split), ev.seqlen, ev.batch_size, max_windows)
+
+    @torch.no_grad()
+    def judge(self, plan: PruningPlan, ppl_windows: int | None = None) -> dict[str, float]:
+        """Prune for real and measure: true JS (+ valid perplexity on ``ppl_windows`` windows)."""
+        t = time.perf_counter()
+        pruned = self.pruned(plan)
+        out = {"js": self.js(pruned)}
+        if ppl_windows is not None:
+            out["ppl_valid"] = self.perplexity(pruned, "valid", ppl_windows)
+        out["seconds"] = time.perf_counter() - t
+        return out
+
+
+def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
+          progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """`ppf prune`: the dense model pruned with ``policy`` to ``ratio``, saved to ``out`` if given.
+
+    Returns a report: actual block and whole-model ratios, parameters before/after, seconds per step.
+    Inputs are checked before anything is loaded, and the checkpoint is written atomically.
+    """
+    if out is not None and out.exists() and not is_checkpoint(out) and (not out.is_dir() or any(out.iterdir())):
+        raise PPFError(f"--out '{out}' exists and is not a ppf checkpoint; choose a new directory")
+    if is_checkpoint(wb.name):
+        raise PPFError(f"'{wb.name}' is already a pruned checkpoint; prune its base model instead")
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    progress(f"loading {wb.name}")
+    before = describe(wb.model)
+    times["load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    progress("calibration tokens + importance scores (cached after the first run)")
+    wb.planner  # noqa: B018  (reads, or computes once, the importance scores)
+    times["importance_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    plan = wb.planner.plan(policy, ratio)
+    times["plan_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    progress("pruning")
+    model = wb.pruned(plan)
+    after = describe(model)
+    times["prune_s"] = time.perf_counter() - t
+    if out is not None:
+        t = time.perf_counter()
+        progress(f"saving to {out}")
+        save_pruned(model, wb.tokenizer, out, base=str(wb.name), extra={"policy": str(policy), "target": ratio})
+        times["save_s"] = time.perf_counter() - t
+    return {
+        "model": str(wb.name), "policy": str(policy), "target_ratio": ratio,
+        "actual_block_ratio": plan.block_ratio,
+        "actual_model_ratio": 1 - after.total_params / before.total_params,
+        "params_before": before.total_params, "params_after": after.total_params,
+        "block_params_before": before.block_params, "block_params_after": after.block_params,
+        "layer_ratios": plan.layer_ratios(), "out": str(out) if out else None, "seconds": times,
+    }

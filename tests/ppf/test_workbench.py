@@ -1,0 +1,52 @@
+"""The workbench and the public API: one dense model, one planner, pruned copies sharing embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import ppf
+from ppf.config import parse_params
+from tiny import make_llama
+
+
+@pytest.mark.parametrize("kv", [4, 2])
+def test_public_api_load_plan_prune_save_load(kv, tmp_path):
+    model, tok = make_llama(4, kv)
+    g = torch.Generator().manual_seed(0)
+    calib, heldout = torch.randint(4, 90, (4, 16), generator=g), torch.randint(4, 90, (2, 16), generator=g)
+    wb = ppf.Workbench.of(model, tok, parse_params({"pruning": {"unit_importance": "activation"}}), calib, heldout)
+    plan = wb.planner.plan(ppf.Policy.parse("lod:0.2"), 0.4)
+    assert isinstance(plan, ppf.PruningPlan) and abs(plan.block_ratio - 0.4) <= 0.005
+    pruned = ppf.prune_model(wb.copy(), plan)
+    assert pruned.get_input_embeddings().weight is model.get_input_embeddings().weight  # shared, not copied
+    assert len(model.model.layers[0].mlp.down_proj.weight[0]) == 96  # the dense model is left alone
+    ppf.save_pruned(pruned, tok, tmp_path / "m", base="tiny")
+    back, _ = ppf.load_pruned(tmp_path / "m")
+    x = heldout[:1]
+    assert torch.equal(back(x).logits, pruned(x).logits)
+    assert wb.judge(plan)["js"] == pytest.approx(wb.js(pruned))
+
+
+def test_unknown_public_name():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ppf.nope  # noqa: B018
+
+
+def test_component_defaults_equal_the_params_defaults():
+    from ppf.agent import AgentConfig
+    from ppf.config import AgentParams, PredictorParams
+    from ppf.predictor import NetConfig, TrainConfig
+
+    agent = AgentParams()
+    for f in dataclasses.fields(AgentConfig):
+        want = getattr(agent, f.name)
+        assert f.default == (tuple(want) if isinstance(want, list) else want), f.name
+    pred = PredictorParams()
+    for cls in (NetConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if hasattr(pred, f.name):
+                want = getattr(pred, f.name)
+                assert f.default == (tuple(want) if isinstance(want, list) else want), f"{cls.__name__}.{f.name}"
