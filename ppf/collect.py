@@ -21,7 +21,7 @@ import numpy as np
 from ppf.errors import PPFError
 from ppf.masks import compress
 from ppf.metrics import ppr
-from ppf.policy import METHODS, Policy, check_a_eta, check_ratio
+from ppf.policy import IMPORTANCE_METHODS, Policy, check_a_eta, check_ratio
 from ppf.workbench import Workbench
 
 
@@ -60,8 +60,8 @@ def policy_grid(ratios: tuple[float, float, float] = (0.1, 0.7, 0.025),
                 methods: tuple[str, ...] = ("lod", "esd", "bi")) -> list[Sample]:
     """The full grid of (method, a_eta, ratio), each range given as (lo, hi, step), sorted."""
     for m in methods:
-        if m not in METHODS:
-            raise PPFError(f"unknown method '{m}' in the collection grid; use some of {', '.join(METHODS)}")
+        if m not in IMPORTANCE_METHODS:
+            raise PPFError(f"unknown method '{m}' in the collection grid; use some of {', '.join(IMPORTANCE_METHODS)}")
     rs, es = _steps(*ratios), _steps(*a_etas)
     for r in rs:
         check_ratio(r, "grid ratio")

@@ -31,7 +31,7 @@ import numpy as np
 from ppf.errors import PPFError
 from ppf.plan import DenseShape, PruningPlan
 
-METHODS = ("lod", "esd", "bi", "uniform")
+IMPORTANCE_METHODS = ("lod", "esd", "bi", "uniform")
 A_ETA_MAX = 0.5  # the paper's range for the scaling factor: [0, 0.5]
 UNIT_KEYS = ("head", "kv", "channel")
 
@@ -48,8 +48,8 @@ class Policy:
     a_eta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise PPFError(f"unknown importance method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.method not in IMPORTANCE_METHODS:
+            raise PPFError(f"unknown importance method {self.method!r}; use one of {', '.join(IMPORTANCE_METHODS)}")
         object.__setattr__(self, "a_eta", 0.0 if self.method == "uniform" else check_a_eta(self.a_eta))
 
     @classmethod
@@ -61,8 +61,8 @@ class Policy:
         method, value = method.strip(), value.strip()
         if method == "uniform" and not sep:
             return cls("uniform")
-        if method not in METHODS:
-            raise PPFError(f"unknown importance method {method!r} in policy {text!r}; use one of {', '.join(METHODS)}")
+        if method not in IMPORTANCE_METHODS:
+            raise PPFError(f"unknown importance method {method!r} in policy {text!r}; use one of {', '.join(IMPORTANCE_METHODS)}")
         if not sep or not value:
             raise PPFError(f"policy {text!r} has no scaling factor; write it as {method}:<a_eta>, e.g. {method}:0.2")
         try:

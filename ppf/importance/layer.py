@@ -123,7 +123,7 @@ class Method:
     cosine: bool = False  # needs block input/output cosines
 
 
-METHODS: dict[str, Method] = {
+LAYER_SCORES: dict[str, Method] = {
     "lod": Method(lod, norms=True),
     "esd": Method(esd),
     "bi": Method(bi, cosine=True),
@@ -134,8 +134,8 @@ METHODS: dict[str, Method] = {
 def check_methods(methods: Sequence[str] | str) -> list[str]:
     names = [methods] if isinstance(methods, str) else list(methods)
     for name in names:
-        if name not in METHODS:
-            raise PPFError(f"unknown layer-importance method '{name}'; use one of {', '.join(METHODS)}")
+        if name not in LAYER_SCORES:
+            raise PPFError(f"unknown layer-importance method '{name}'; use one of {', '.join(LAYER_SCORES)}")
     return names
 
 
@@ -152,12 +152,12 @@ def layer_importance(model: nn.Module, calib: torch.Tensor | None = None,
     if batch_size < 1:
         raise PPFError(f"batch_size must be >= 1, got {batch_size}")
     views = layers(model)
-    norms = any(METHODS[n].norms for n in names)
-    cosine = any(METHODS[n].cosine for n in names)
+    norms = any(LAYER_SCORES[n].norms for n in names)
+    cosine = any(LAYER_SCORES[n].cosine for n in names)
     stats = None
     if norms or cosine:
         if calib is None:
-            raise PPFError(f"methods {', '.join(n for n in names if METHODS[n].norms or METHODS[n].cosine)} "
+            raise PPFError(f"methods {', '.join(n for n in names if LAYER_SCORES[n].norms or LAYER_SCORES[n].cosine)} "
                            "need calibration tokens; pass calib=LongTensor[N, L]")
         stats = collect(model, views, calib, batch_size=batch_size, norms=norms, cosine=cosine)
-    return {n: [float(h) for h in METHODS[n].fn(views, stats, outlier_m=outlier_m)] for n in names}
+    return {n: [float(h) for h in LAYER_SCORES[n].fn(views, stats, outlier_m=outlier_m)] for n in names}

@@ -10,7 +10,7 @@ import torch
 from tiny import make_llama, make_text, make_tokenizer
 from ppf.arch import layers
 from ppf.errors import PPFError
-from ppf.importance import (METHODS, UNIT_KINDS, hill_alpha, layer_importance, load_importance, matrix_alpha,
+from ppf.importance import (LAYER_SCORES, UNIT_KINDS, hill_alpha, layer_importance, load_importance, matrix_alpha,
                             save_importance, unit_importance)
 
 
@@ -25,7 +25,7 @@ def test_layer_importance_shapes_and_determinism(tiny_llama, calib):
     model, _ = tiny_llama
     a = layer_importance(model, calib, batch_size=3)  # a ragged last micro-batch on purpose
     b = layer_importance(model, calib, batch_size=4)
-    assert list(a) == list(METHODS) == ["lod", "esd", "bi", "uniform"]
+    assert list(a) == list(LAYER_SCORES) == ["lod", "esd", "bi", "uniform"]
     for name, h in a.items():
         assert len(h) == 3 and all(isinstance(x, float) and math.isfinite(x) for x in h)
         assert h == pytest.approx(b[name], rel=1e-4, abs=1e-6)

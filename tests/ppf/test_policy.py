@@ -11,7 +11,7 @@ import torch
 
 from ppf.errors import PPFError
 from ppf.plan import DenseShape, PruningPlan
-from ppf.policy import METHODS, Policy, UnitRanks, check_ratio, plan_for, requested_ratios
+from ppf.policy import IMPORTANCE_METHODS, Policy, UnitRanks, check_ratio, plan_for, requested_ratios
 
 MHA = DenseShape(n_layers=3, hidden=64, n_heads=4, n_kv_heads=4, head_dim=16, intermediate=96)  # make_llama(4, 4)
 GQA = DenseShape(n_layers=3, hidden=64, n_heads=4, n_kv_heads=2, head_dim=16, intermediate=96)  # make_llama(4, 2)
@@ -56,7 +56,7 @@ def test_parse_errors(text, needle):
 
 
 def test_policy_constructor_validates():
-    assert METHODS == ("lod", "esd", "bi", "uniform")
+    assert IMPORTANCE_METHODS == ("lod", "esd", "bi", "uniform")
     with pytest.raises(PPFError, match="unknown importance method"):
         Policy("owl", 0.1)
     with pytest.raises(PPFError, match="a_eta"):
@@ -115,7 +115,7 @@ def test_orientation_more_important_layers_are_pruned_less():
 
 # ---- plan_for: accuracy and structure ----------------------------------------------------------
 def _random_policy(rng: np.random.Generator) -> Policy:
-    method = METHODS[rng.integers(len(METHODS))]
+    method = IMPORTANCE_METHODS[rng.integers(len(IMPORTANCE_METHODS))]
     return Policy(method, float(rng.uniform(0, 0.5)))
 
 
