@@ -49,11 +49,10 @@ def benchmark_flow(params_path: str = "params.yaml", root: str | None = None) ->
     states = {m: prepare_method(m, B.prepare_ratio(b.ratios), key, str(root), params)
               for m in methods if get(m).prepare is not None}
     rows = [cell(m, r, states.get(m), key, str(root), params) for m, r in B.cells(methods, b.ratios)]
-    df = pd.DataFrame(rows)
-    df["zs_mean"] = df["zs_mean"].astype(float)
-    summary = B.summary(df, b.ratios)
+    df, nll, comparisons, summary = B.report(rows, params)
     write_text_atomic(root / "results" / "benchmark.csv", df.to_csv(index=False, float_format="%.6g"))
-    write_text_atomic(root / "results" / "benchmark.md", B.markdown(df, summary, params))
+    write_text_atomic(root / "results" / "benchmark_windows.csv", nll.to_csv(index=False, float_format="%.9g"))
+    write_text_atomic(root / "results" / "benchmark.md", B.markdown(df, summary, params, comparisons))
     for name, png in plots.benchmark_curves(df).items():
         write_bytes_atomic(root / "plots" / "benchmark" / f"{name}.png", png)
     pruned = df[df.method != "dense"]

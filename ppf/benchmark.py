@@ -27,7 +27,9 @@ from ppf.baselines import METHODS, check_methods, get
 from ppf.config import Params
 from ppf.evaluate import speed, zero_shot
 from ppf.io import digest, write_json_atomic
+from ppf.metrics import js_divergence, perplexity_of, window_nll, windows
 from ppf.policy import check_ratio
+from ppf.stats import paired_ppl_difference, ppl_interval
 from ppf.workbench import Workbench
 
 
@@ -44,7 +46,12 @@ def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
     """Test perplexity, zero-shot accuracy, parameters, speed and peak memory of ``model``."""
     b, ev = wb.params.benchmark, wb.params.eval
     start = time.perf_counter()
-    out: dict[str, Any] = {"ppl_test": wb.perplexity(model, "test", b.max_windows)}
+    test = wb.split_tokens("test")
+    nll = window_nll(model, test, ev.seqlen, ev.batch_size, b.max_windows)
+    out: dict[str, Any] = {"ppl_test": perplexity_of(nll, ev.seqlen)}
+    out["ppl_test_ci_lo"], out["ppl_test_ci_hi"] = ppl_interval(nll.numpy(), ev.seqlen - 1, b.bootstrap, wb.params.seed)
+    js_tokens = windows(test, ev.seqlen, b.js_windows)
+    out["js_test"] = 0.0 if model is wb.model else js_divergence(wb.model, model, js_tokens, ev.batch_size)
     if b.extra_corpus:
         out["ppl_extra"] = wb.perplexity(model, b.extra_corpus, b.max_windows)
     zs = zero_shot(model, wb.tokenizer, wb.root / "data" / "tasks", limit=b.zero_shot_limit,
@@ -52,10 +59,11 @@ def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
     for task, r in zs.items():
         out[f"zs_{task}"] = r["acc"]
         out[f"zs_{task}_norm"] = r["acc_norm"]
+        out[f"zs_{task}_stderr"] = r["acc_stderr"]
     s = speed(model, wb.tokenizer, b.speed_seqlen, b.speed_batch, b.new_tokens)
     out |= {"params": int(sum(p.numel() for p in model.parameters())), "tokens_per_s": s["generate_tok_s"],
             "prefill_tok_s": s["prefill_tok_s"], "weights_mb": s["weights_mb"], "peak_mem_mb": s["peak_mem_mb"],
-            "eval_s": time.perf_counter() - start}
+            "eval_s": time.perf_counter() - start, "nll_windows": [float(x) for x in nll]}
     return out
 
 
@@ -124,8 +132,42 @@ def run(root: Path, params: Params, methods: list[str], ratios: list[float], cac
     return pd.DataFrame(rows)
 
 
-def summary(df: pd.DataFrame, ratios: list[float]) -> dict[str, Any]:
-    """Per ratio: PPF's perplexity / zero-shot and the best baseline's (by perplexity)."""
+def compare(df: pd.DataFrame, ratios: list[float], params: Params) -> pd.DataFrame:
+    """Every method vs PPF at each ratio, PAIRED on the same test windows: PPF's perplexity relative
+    to the method's (ppl_ppf / ppl_method − 1, %, negative = PPF better) with a bootstrap 95 % interval."""
+    rows = []
+    tokens = params.eval.seqlen - 1
+    for r in ratios:
+        at = df[(df.target_ratio - r).abs() < 1e-9]
+        ppf = at[at.method == "ppf"]
+        if not len(ppf):
+            continue
+        for x in at[at.method != "ppf"].itertuples(index=False):
+            d = paired_ppl_difference(ppf.iloc[0].nll_windows, x.nll_windows, tokens, params.benchmark.bootstrap, params.seed)
+            rows.append({"target_ratio": r, "method": x.method, "ppl": x.ppl_test, "ppf_ppl": float(ppf.iloc[0].ppl_test),
+                         "ppf_vs_pct": d["diff_pct"], "ppf_vs_ci_lo": d["ci_lo"], "ppf_vs_ci_hi": d["ci_hi"],
+                         "ppf_wins": bool(d["ci_hi"] < 0), "ppf_loses": bool(d["ci_lo"] > 0)})
+    return pd.DataFrame(rows)
+
+
+def report(rows: list[dict[str, Any]], params: Params) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """(results table with the paired-interval columns, per-window NLLs, the PPF-vs-method comparisons,
+    the summary) from the finished cells."""
+    df = pd.DataFrame(rows)
+    df["zs_mean"] = df["zs_mean"].astype(float)
+    comparisons = compare(df, params.benchmark.ratios, params)
+    nll = pd.DataFrame([{"method": r["method"], "target_ratio": r["target_ratio"], "window": i, "nll": x}
+                        for r in rows for i, x in enumerate(r["nll_windows"])])
+    table = df.drop(columns=["nll_windows"])
+    if len(comparisons):
+        cols = ["method", "target_ratio", "ppf_vs_pct", "ppf_vs_ci_lo", "ppf_vs_ci_hi"]
+        table = table.merge(comparisons[cols], on=["method", "target_ratio"], how="left")
+    return table, nll, comparisons, summary(df, params.benchmark.ratios, comparisons)
+
+
+def summary(df: pd.DataFrame, ratios: list[float], comparisons: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Per ratio: PPF's perplexity / zero-shot and the best baseline's (by perplexity), with the paired
+    interval of PPF vs that baseline; ``ppf_wins_ppl`` only where the interval excludes 0 in PPF's favour."""
     out: dict[str, Any] = {}
     dense = df[df.method == "dense"]
     if len(dense):
@@ -144,8 +186,14 @@ def summary(df: pd.DataFrame, ratios: list[float]) -> dict[str, Any]:
             entry |= {"ppf_ppl": float(p.ppl_test), "ppf_zs": float(p.zs_mean), "ppf_policy": p.policy,
                       "ppf_tokens_per_s": float(p.tokens_per_s), "ppf_peak_mem_mb": float(p.peak_mem_mb)}
             if len(base):
-                entry["ppf_wins_ppl"] = bool(p.ppl_test <= entry["best_baseline_ppl"])
                 entry["ppl_reduction_vs_best_pct"] = 100 * (1 - p.ppl_test / entry["best_baseline_ppl"])
+                if comparisons is not None and len(comparisons):
+                    c = comparisons[(comparisons.target_ratio - r).abs().lt(1e-9) & (comparisons.method == best.method)]
+                    if len(c):
+                        c = c.iloc[0]
+                        entry |= {"ppf_vs_best_pct": float(c.ppf_vs_pct), "ppf_vs_best_ci_lo": float(c.ppf_vs_ci_lo),
+                                  "ppf_vs_best_ci_hi": float(c.ppf_vs_ci_hi)}
+                entry["ppf_wins_ppl"] = bool(entry.get("ppf_vs_best_ci_hi", float("inf")) < 0)
         out[f"{r:g}"] = entry
     return out
 
@@ -174,21 +222,29 @@ def table2(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params) -> str:
-    """results/benchmark.md: Table 2, PPF vs the best baseline per ratio, and every cell."""
+def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparisons: pd.DataFrame | None = None) -> str:
+    """results/benchmark.md: Table 2, PPF vs every method (paired intervals), and every cell."""
     lines = [f"# Benchmark: {params.model.name}", "",
              f"Test perplexity (seqlen {params.eval.seqlen}, {params.benchmark.max_windows} windows) and mean "
              f"zero-shot accuracy ({params.benchmark.zero_shot_limit} examples per task); target = actual block "
              "reduction for width methods, nearest reachable for depth methods (see results/benchmark.csv). "
              "Bold: the lowest perplexity at that ratio.", "", table2(df), "",
-             "| ratio | PPF policy | PPF ppl | best baseline | its ppl | PPF vs best |", "|---|---|---|---|---|---|"]
+             "PPF vs each method, PAIRED on the same test windows: ppl_PPF / ppl_method − 1 with its bootstrap 95 % "
+             f"interval ({params.benchmark.bootstrap} draws). **win** / **loss** only where the interval excludes 0; "
+             "otherwise the difference is within the noise of this many windows.", "",
+             "| ratio | method | its ppl | PPF ppl | PPF vs it | 95 % interval | verdict |", "|---|---|---|---|---|---|---|"]
+    for c in (comparisons.itertuples(index=False) if comparisons is not None else ()):
+        verdict = "**win**" if c.ppf_wins else "**loss**" if c.ppf_loses else "tie (interval includes 0)"
+        lines.append(f"| {c.target_ratio:g} | {c.method} | {c.ppl:.2f} | {c.ppf_ppl:.2f} | {c.ppf_vs_pct:+.1f} % | "
+                     f"[{c.ppf_vs_ci_lo:+.1f}, {c.ppf_vs_ci_hi:+.1f}] % | {verdict} |")
+    lines += ["", "| ratio | PPF policy | PPF ppl | best baseline | its ppl | PPF vs best |", "|---|---|---|---|---|---|"]
     for r, e in summary.items():
         if r == "dense" or "ppf_ppl" not in e:
             continue
         lines.append(f"| {r} | {e['ppf_policy']} | {e['ppf_ppl']:.2f} | {e.get('best_baseline', '–')} | "
                      f"{e.get('best_baseline_ppl', float('nan')):.2f} | {e.get('ppl_reduction_vs_best_pct', float('nan')):+.1f} % |")
-    cols = ["method", "target_ratio", "actual_ratio", "ppl_test", "zs_mean", "tokens_per_s", "prefill_tok_s",
-            "peak_mem_mb", "params"]
+    cols = ["method", "target_ratio", "actual_ratio", "ppl_test", "ppl_test_ci_lo", "ppl_test_ci_hi", "js_test",
+            "zs_mean", "zs_mean_stderr", "tokens_per_s", "prefill_tok_s", "peak_mem_mb", "params"]
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df[cols].itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")

@@ -248,6 +248,7 @@ def benchmark(model: ModelOpt = "smollm2-135m",
         raise PPFError(f"--ratios {ratios!r} is not a comma-separated list of numbers, e.g. 0.2,0.4") from None
     with err.status("benchmark") as status:
         df = run(root, p, ms, rs, cache_dir() / "benchmark", progress=lambda m: (status.update(m), err.print(m)))
+    df = df.drop(columns=["nll_windows"])  # per-window NLLs stay in the cell cache
     out = out or root / "results" / f"benchmark-{slug(model)}.csv"
     write_text_atomic(out, df.to_csv(index=False, float_format="%.6g"))
     console.print(table2(df))

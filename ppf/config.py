@@ -230,6 +230,8 @@ class BenchmarkParams(Section):
     llm_pruner_keep: tuple[int, int] = Field((4, 2), description="first / last layers LLM-Pruner leaves "
                                              "unpruned (its LLaMA-7B default: layers 4..29 of 32 pruned)")
     blockpruner: BlockPrunerParams = Field(default_factory=BlockPrunerParams)
+    js_windows: int = Field(4, gt=0, description="test windows (of eval.seqlen) for JS(dense || pruned) on the test split")
+    bootstrap: int = Field(2000, ge=100, description="paired bootstrap draws over the test windows (95 % intervals)")
     register_models: bool = Field(True, description="log + register the PPF-pruned models in MLflow")
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ are silenced for the duration of the call.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -102,7 +103,8 @@ def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
             lm.loglikelihood = partial(lm.loglikelihood, disable_tqdm=True)
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=[f"ppf_{n}" for n in names], task_manager=manager, limit=limit,
-                num_fewshot=0, bootstrap_iters=0, log_samples=False, random_seed=None,
+                num_fewshot=0, bootstrap_iters=1,  # 1: closed-form standard errors of the means, no resampling
+                log_samples=False, random_seed=None,
                 numpy_random_seed=None, torch_random_seed=None, fewshot_random_seed=None,
             )
     finally:
@@ -111,9 +113,12 @@ def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
     for name in names:
         r = out["results"][f"ppf_{name}"]
         results[name] = {"acc": float(r["acc,none"]), "acc_norm": float(r["acc_norm,none"]),
+                         "acc_stderr": float(r["acc_stderr,none"]), "acc_norm_stderr": float(r["acc_norm_stderr,none"]),
                          "n": int(out["n-samples"][f"ppf_{name}"]["effective"])}
-    results["mean"] = {m: statistics.fmean(results[n][m] for n in names)
-                       for m in ("acc", "acc_norm")}
+    results["mean"] = {m: statistics.fmean(results[n][m] for n in names) for m in ("acc", "acc_norm")}
+    # the unweighted mean of independent task means: its standard error
+    results["mean"] |= {f"{m}_stderr": math.sqrt(sum(results[n][f"{m}_stderr"] ** 2 for n in names)) / len(names)
+                        for m in ("acc", "acc_norm")}
     return results
 
 

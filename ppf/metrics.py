@@ -38,13 +38,14 @@ def windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, tokens: torch.Tensor, seqlen: int, batch_size: int = 1,
-               max_windows: int | None = None) -> float:
-    """exp(mean next-token NLL) over non-overlapping ``seqlen`` windows of ``tokens``.
+def window_nll(model: nn.Module, tokens: torch.Tensor, seqlen: int, batch_size: int = 1,
+               max_windows: int | None = None) -> torch.Tensor:
+    """The SUMMED next-token NLL of every non-overlapping ``seqlen`` window of ``tokens`` (float64, [n]).
 
     Each window contributes ``seqlen - 1`` predictions (the first token has no context). The model
     is put in eval mode for the pass and restored afterwards, so a model mid-fine-tuning is
-    scored without dropout.
+    scored without dropout. Kept per window so that two models can be compared PAIRED on the same
+    windows (:mod:`ppf.stats`).
     """
     if batch_size < 1:
         raise PPFError(f"batch_size {batch_size} must be >= 1")
@@ -52,19 +53,31 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, seqlen: int, batch_size: 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    nll = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: no per-window sync
-    count = 0
+    out = torch.zeros(data.shape[0], dtype=torch.float64, device=device)  # on device: no per-window sync
     try:
         for start in range(0, data.shape[0], batch_size):
             batch = data[start:start + batch_size].to(device)
             logits = model(batch, use_cache=False).logits
             for row in range(batch.shape[0]):  # fp32 log-softmax one window at a time
-                nll += F.cross_entropy(logits[row, :-1].float(), batch[row, 1:], reduction="sum").double()
-                count += seqlen - 1
+                out[start + row] = F.cross_entropy(logits[row, :-1].float(), batch[row, 1:], reduction="sum").double()
             del logits
     finally:
         model.train(was_training)
-    return math.exp(nll.item() / count)
+    return out.cpu()
+
+
+def perplexity_of(nll: torch.Tensor, seqlen: int) -> float:
+    """exp(mean next-token NLL) from per-window summed NLLs (:func:`window_nll`)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for x in nll:  # sequential float64 sum, window by window
+        total += x
+    return math.exp(total.item() / (len(nll) * (seqlen - 1)))
+
+
+def perplexity(model: nn.Module, tokens: torch.Tensor, seqlen: int, batch_size: int = 1,
+               max_windows: int | None = None) -> float:
+    """exp(mean next-token NLL) over non-overlapping ``seqlen`` windows of ``tokens``."""
+    return perplexity_of(window_nll(model, tokens, seqlen, batch_size, max_windows), seqlen)
 
 
 # ---- Jensen-Shannon divergence of the next-token distributions -----------------------------------

@@ -107,11 +107,12 @@ def verify(wb: Workbench, policy: Policy, ratio: float) -> dict[str, float]:
     return {"true_js": row["js"], "true_eval_ms": 1e3 * (row["plan_s"] + row["eval_s"])}
 
 
-def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50) -> dict[str, float]:
+def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50, batch_size: int = 256) -> dict[str, float]:
     """Predictor vs real evaluation of the same ``n`` held-out policies, in one process.
 
-    Predictor: policy → plan → image → CNN (no weights touched). Real: the same plan → prune a copy
-    of the dense model → JS on the held-out tokens (as in collection; the dense reference is
+    Predictor: policy → plan → image → CNN (no weights touched), one at a time and in one batch of
+    ``batch_size`` (plans made one by one, one forward over all images). Real: the same plan → prune a
+    copy of the dense model → JS on the held-out tokens (as in collection; the dense reference is
     computed once beforehand).
     """
     rows = data.df.iloc[data.test[np.linspace(0, len(data.test) - 1, min(n, len(data.test))).astype(int)]]
@@ -122,7 +123,11 @@ def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50) -
     true_ms = 1e3 * float(np.mean([r["plan_s"] + r["eval_s"] for r in real]))
     predictor_ms = 1e3 * float(np.mean(pred_s))
     stored = dict(zip(data.df["key"], data.df["js"]))
+    batch = [(s.policy, s.ratio) for s in samples] * (-(-batch_size // len(samples)))  # >= batch_size policies
+    batch_ms = 1e3 * timed(lambda: predictor.predict_batch(batch), 3) / len(batch)
     return {"predictor_ms": predictor_ms, "true_eval_ms": true_ms, "speedup": true_ms / predictor_ms,
+            "batch_policies": len(batch), "batch_ms_per_policy": batch_ms, "batch_speedup": true_ms / batch_ms,
+            "batch_vs_single": predictor_ms / batch_ms,
             "speed_policies": len(samples),
             "speed_js_reproduced": float(max(abs(r["js"] - stored[r["key"]]) for r in real))}
 

@@ -87,6 +87,11 @@ class Predictor:
     def predict_plan(self, plan: Any) -> float:
         return float(self.predict_images(image(plan, self.meta["input"]))[0])
 
+    def predict_batch(self, items: list[tuple[Policy, float]]) -> np.ndarray:
+        """Predicted JS of many (policy, ratio) pairs: every plan made, then ONE forward over all images."""
+        kind = self.meta["input"]
+        return self.predict_images(np.stack([image(self.planner.plan(p, r), kind) for p, r in items]))
+
     def predict(self, policy: Policy, ratio: float) -> dict[str, Any]:
         """Predicted JS of ``policy`` at ``ratio`` with the plan it scored and the time it took."""
         t = time.perf_counter()

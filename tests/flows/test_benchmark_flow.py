@@ -33,6 +33,14 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch):
     result = benchmark_flow("params.yaml", root=str(bench_project))
     df = pd.read_csv(bench_project / "results" / "benchmark.csv")
     assert COLUMNS <= set(df.columns)
+    assert (df.ppl_test_ci_lo <= df.ppl_test + 1e-6).all() and (df.ppl_test <= df.ppl_test_ci_hi + 1e-6).all()
+    others = df[~df.method.isin(["ppf", "dense"])]
+    assert others.ppf_vs_ci_lo.notna().all() and (others.ppf_vs_ci_lo <= others.ppf_vs_ci_hi).all()
+    assert df[df.method == "ppf"].ppf_vs_pct.isna().all()
+    assert (df[df.method == "dense"].js_test == 0).all() and (df[df.method != "dense"].js_test > 0).all()
+    windows = pd.read_csv(bench_project / "results" / "benchmark_windows.csv")
+    assert len(windows) == 2 * len(df) and (windows.nll > 0).all()
+    assert "95 % interval" in (bench_project / "results" / "benchmark.md").read_text()
     assert set(df.method) == {"dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf"}
     assert len(df) == 7 and (df[df.method == "dense"].actual_ratio == 0).all()
     width = df[df.method.isin(["llm_pruner", "owl", "alpha", "ppf"])]

@@ -14,7 +14,7 @@ from flows.prepare import prepare
 from flows.train_predictor import train_predictor_flow
 
 KEYS = {"n_train", "n_test", "mae", "rmse", "spearman", "kendall", "r2", "max_error", "js_min", "js_max",
-        "predictor_ms", "true_eval_ms", "speedup"}
+        "predictor_ms", "true_eval_ms", "speedup", "batch_speedup", "batch_ms_per_policy"}
 
 
 @pytest.fixture
@@ -32,6 +32,7 @@ def test_training_writes_metrics_plots_and_a_registered_champion(trained):
     metrics = json.loads((project / "metrics" / "predictor.json").read_text())
     assert KEYS <= set(metrics)
     assert metrics["n_train"] + metrics["n_test"] == 16 and metrics["speedup"] > 1
+    assert metrics["batch_policies"] >= 256 and metrics["batch_speedup"] > metrics["speedup"] * 0.5
     assert metrics["speed_js_reproduced"] < 1e-6  # the real evaluation reproduced the collected JS
     for f in ("models/predictor/predictor.safetensors", "plots/predictor/scatter.png",
               "plots/predictor/heldout.csv", "plots/predictor/loss.csv"):

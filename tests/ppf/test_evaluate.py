@@ -35,6 +35,10 @@ def test_zero_shot_runs_through_lm_eval(tasks_dir, monkeypatch, tmp_path):
     model.train()
     rng = torch.get_rng_state()
     first = zero_shot(model, tok, tasks_dir, batch_size=4)
+    for task, r in first.items():  # lm-eval's standard errors ride along
+        if task != "mean":
+            assert r["acc_stderr"] == pytest.approx((r["acc"] * (1 - r["acc"]) / (r["n"] - 1)) ** 0.5, rel=1e-6)
+    assert 0 < first["mean"]["acc_stderr"] < max(r["acc_stderr"] for t, r in first.items() if t != "mean")
     assert model.training  # the caller's mode is restored
     assert torch.equal(rng, torch.get_rng_state())  # lm-eval's seeding did not touch ours
     assert set(first) == {"social_iqa", "hyperbaton", "mean"}

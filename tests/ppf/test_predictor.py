@@ -174,3 +174,19 @@ def test_images_of_every_input_kind(kind, planes):
     assert 0 < img.mean() < 1
     with pytest.raises(PPFError, match="unknown predictor input"):
         image(plan, "qkv")
+
+
+def test_a_batch_of_policies_is_one_forward_with_the_same_answers(tmp_path):
+    from ppf.policy import Planner, Policy, UnitRanks
+
+    shape = _Planner().shape
+    _saved(tmp_path)
+    net, meta = load_predictor(tmp_path / "pred")
+    planner = Planner("m", shape, {"lod": [0.0, 1.0, 2.0]}, UnitRanks.of(None, shape), 0.9, 0.05)
+    p = Predictor(net, meta, planner)
+    items = [(Policy("lod", a), r) for a in (0.0, 0.1, 0.2) for r in (0.3, 0.4)]
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    batch = p.predict_batch(items)
+    assert len(calls) == 1 and batch.shape == (6,)
+    assert np.allclose(batch, [p.predict(pol, r)["js"] for pol, r in items], atol=1e-6)
