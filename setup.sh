@@ -22,6 +22,6 @@ if [ "${1:-}" != "--install-only" ]; then
   source .venv/bin/activate
   start=$(date +%s)
   dvc repro
-  echo "dvc repro finished in $(( $(date +%s) - start )) s; metrics:"
-  dvc metrics show
+  echo "dvc repro finished in $(( $(date +%s) - start )) s"
+  ppf summary   # PPF vs the baselines, where the models and plots are, what to try next
 fi

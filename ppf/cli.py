@@ -256,6 +256,37 @@ def benchmark(model: ModelOpt = "smollm2-135m",
 
 
 @app.command()
+def summary(params: ParamsOpt = Path("params.yaml")) -> None:
+    """What the pipeline found: PPF vs the best baseline per ratio (paired 95 % intervals), where the
+    pruned models and plots are, and what to try next (the end of `bash setup.sh`)."""
+    _, root = _project(params)
+    path = root / "metrics" / "benchmark.json"
+    if not path.is_file():
+        raise PPFError(f"no {path.relative_to(root)} yet; run the pipeline first (`dvc repro`)")
+    bench = json.loads(path.read_text())
+    table = Table(title=f"PPF vs the best re-run baseline (test perplexity; {root / 'results' / 'benchmark.md'})")
+    for col in ("ratio", "PPF policy", "PPF ppl", "best baseline", "its ppl", "PPF vs best", "95 % interval", "verdict"):
+        table.add_column(col, justify="left" if col in ("PPF policy", "best baseline", "verdict") else "right")
+    for r, e in bench.items():
+        if r == "dense" or "ppf_ppl" not in e:
+            continue
+        lo, hi = e.get("ppf_vs_best_ci_lo"), e.get("ppf_vs_best_ci_hi")
+        verdict = "–" if lo is None else "win" if hi < 0 else "loss" if lo > 0 else "tie (within the noise)"
+        table.add_row(r, e["ppf_policy"], f"{e['ppf_ppl']:.2f}", e.get("best_baseline", "–"),
+                      f"{e.get('best_baseline_ppl', float('nan')):.2f}", "–" if lo is None else f"{e['ppf_vs_best_pct']:+.1f} %",
+                      "–" if lo is None else f"[{lo:+.1f}, {hi:+.1f}] %", verdict)
+    console.print(table)
+    if "dense" in bench:
+        console.print(f"dense: test ppl {bench['dense']['ppl_test']:.2f}, zero-shot {bench['dense']['zs_mean']:.3f}")
+    pruned = sorted(str(p.relative_to(root)) for p in (root / "models" / "pruned").glob("ppf-*"))
+    console.print(f"pruned PPF models: {', '.join(pruned) or 'none'} (load: ppf.load_pruned(DIR))\n"
+                  f"plots: {root / 'plots'}/{{predictor,agent,benchmark}}/*.png; all metrics: `dvc metrics show`\n"
+                  "next: `ppf policy --ratio 0.33` · `ppf prune --ratio 0.33 --policy agent --out pruned/a` · "
+                  "`dvc exp run -S benchmark.ratios='[0.3]'` · "
+                  f"`mlflow ui --backend-store-uri sqlite:///{root / 'mlruns' / 'mlflow.db'}`", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def methods() -> None:
     """The registered pruning methods (ppf.baselines): name, kind, what it is, how it deviates from its original."""
     from ppf.baselines import METHODS

@@ -29,7 +29,7 @@ def bench_project(tiny_project):
     return tiny_project
 
 
-def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch):
+def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, capsys):
     result = benchmark_flow("params.yaml", root=str(bench_project))
     df = pd.read_csv(bench_project / "results" / "benchmark.csv")
     assert COLUMNS <= set(df.columns)
@@ -41,6 +41,9 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch):
     windows = pd.read_csv(bench_project / "results" / "benchmark_windows.csv")
     assert len(windows) == 2 * len(df) and (windows.nll > 0).all()
     assert "95 % interval" in (bench_project / "results" / "benchmark.md").read_text()
+    code, out, _ = run_cli(["summary", "--params", str(bench_project / "params.yaml")], capsys)
+    assert code == 0 and "PPF vs the best re-run baseline" in out and "models/pruned/ppf-0.34" in out
+    assert any(v in out for v in ("win", "loss", "tie")) and "next:" in out
     assert set(df.method) == {"dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf"}
     assert len(df) == 7 and (df[df.method == "dense"].actual_ratio == 0).all()
     width = df[df.method.isin(["llm_pruner", "owl", "alpha", "ppf"])]
