@@ -34,9 +34,9 @@ def prepare_method(method: str, max_ratio: float, key: str, root: str, params: P
     return get(method).prepare(workbench(Path(root), params, key), max_ratio)
 
 
-@task(cache_policy=CACHE, persist_result=True, task_run_name="{method}@{ratio}")
-def cell(method: str, ratio: float, state, key: str, root: str, params: Params) -> dict:
-    return B.cell(workbench(Path(root), params, key), method, ratio, state)
+@task(cache_policy=CACHE, persist_result=True, task_run_name="{method}@{ratio} ({compensation})")
+def cell(method: str, ratio: float, compensation: str, state, key: str, root: str, params: Params) -> dict:
+    return B.cell(workbench(Path(root), params, key), method, ratio, state, compensation)
 
 
 @flow(name="benchmark")
@@ -48,7 +48,8 @@ def benchmark_flow(params_path: str = "params.yaml", root: str | None = None) ->
     key = B.context_key(root, params)
     states = {m: prepare_method(m, B.prepare_ratio(b.ratios), key, str(root), params)
               for m in methods if get(m).prepare is not None}
-    rows = [cell(m, r, states.get(m), key, str(root), params) for m, r in B.cells(methods, b.ratios)]
+    rows = [cell(m, r, c, states.get(m), key, str(root), params)
+            for m, r, c in B.cells(methods, b.ratios, params.pruning.compensation)]
     df, nll, comparisons, summary = B.report(rows, params)
     write_text_atomic(root / "results" / "benchmark.csv", df.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(root / "results" / "benchmark_windows.csv", nll.to_csv(index=False, float_format="%.9g"))
@@ -84,11 +85,13 @@ def _track(root: Path, params: Params, df: pd.DataFrame, summary: dict, saved: d
                   "plots/benchmark/zeroshot.png", "plots/benchmark/speed.png"):
             tracking.log_artifact(root / f, "results")
         for row in df.to_dict("records"):
-            with tracking.run(root, params.tracking.experiment, f"{row['method']}@{row['target_ratio']:g}",
-                              {"method": row["method"], "target_ratio": row["target_ratio"], "policy": row["policy"]},
+            with tracking.run(root, params.tracking.experiment, f"{row['method']}@{row['target_ratio']:g}-{row['compensation']}",
+                              {"method": row["method"], "target_ratio": row["target_ratio"], "policy": row["policy"],
+                               "compensation": row["compensation"]},
                               nested=True):
-                tracking.log_metrics({k: v for k, v in row.items() if k not in ("method", "policy")})
-                if row["method"] == "ppf" and params.benchmark.register_models:
+                tracking.log_metrics({k: v for k, v in row.items() if k not in ("method", "policy", "compensation")})
+                if row["method"] == "ppf" and row["compensation"] == params.pruning.compensation \
+                        and params.benchmark.register_models:
                     name = f"ppf-pruned-{row['target_ratio']:g}"
                     registered[name] = tracking.log_and_register(
                         "pruned", saved[row["target_ratio"]], name,

@@ -33,13 +33,18 @@ from ppf.stats import paired_ppl_difference, ppl_interval
 from ppf.workbench import Workbench
 
 
-def build(wb: Workbench, method: str, ratio: float, state: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model ``method`` makes at ``ratio`` (a copy; embeddings shared) and {policy, actual_ratio}."""
+def build(wb: Workbench, method: str, ratio: float, state: Any = None, compensation: str | None = None
+          ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model ``method`` makes at ``ratio`` (a copy; embeddings shared) and {policy, actual_ratio,
+    compensation}; width methods are compensated (``pruning.compensation`` unless ``compensation`` is given)."""
     m = get(method)
     if m.kind == "width":
         desc, plan = m.plan(wb, ratio)
-        return wb.pruned(plan), {"policy": desc, "actual_ratio": plan.block_ratio}
-    return m.build(wb, ratio, state)
+        model = wb.pruned(plan, compensation)
+        return model, {"policy": desc, "actual_ratio": plan.block_ratio, "compensation": model.ppf_compensation["method"],
+                       "compensation_s": model.ppf_compensation["seconds"]}
+    model, info = m.build(wb, ratio, state)
+    return model, info | {"compensation": "none", "compensation_s": 0.0}
 
 
 def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
@@ -67,18 +72,26 @@ def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
     return out
 
 
-def cell(wb: Workbench, method: str, ratio: float, state: Any = None) -> dict[str, Any]:
+def cell(wb: Workbench, method: str, ratio: float, state: Any = None, compensation: str | None = None) -> dict[str, Any]:
     """One benchmark row: the method's model at the ratio, built and measured."""
-    model, info = build(wb, method, ratio, state)
+    model, info = build(wb, method, ratio, state, compensation)
     row = {"method": method, "target_ratio": ratio, **info, **evaluate(wb, model)}
     del model
     return row
 
 
-def cells(methods: list[str], ratios: list[float]) -> list[tuple[str, float]]:
-    """The (method, ratio) cells: dense once at 0, every other method at every ratio."""
-    out = [("dense", 0.0)] if "dense" in methods else []
-    return out + [(m, r) for m in methods if m != "dense" for r in ratios]
+def cells(methods: list[str], ratios: list[float], compensation: str = "none") -> list[tuple[str, float, str]]:
+    """The (method, ratio, compensation) cells: dense once at 0, every other method at every ratio; a
+    width method with the configured compensation AND, if that is not ``none``, without (the
+    paper-comparable setting)."""
+    out = [("dense", 0.0, "none")] if "dense" in methods else []
+    for m in methods:
+        if m == "dense":
+            continue
+        kinds = [compensation, "none"] if get(m).kind == "width" and compensation != "none" else \
+            [compensation if get(m).kind == "width" else "none"]
+        out += [(m, r, c) for c in kinds for r in ratios]
+    return out
 
 
 def prepare_ratio(ratios: list[float]) -> float:
@@ -119,13 +132,13 @@ def run(root: Path, params: Params, methods: list[str], ratios: list[float], cac
             progress(f"{name}: preparing (up to ratio {limit:g})")
             write_json_atomic(path, get(name).prepare(wb, limit))
         states[name] = json.loads(path.read_text())
-    todo = cells(methods, ratios)
+    todo = cells(methods, ratios, params.pruning.compensation)
     rows = []
-    for i, (m, r) in enumerate(todo, 1):
-        path = folder / f"{m}@{r:g}.json"
+    for i, (m, r, c) in enumerate(todo, 1):
+        path = folder / f"{m}@{r:g}-{c}.json"
         if not path.is_file():
-            progress(f"[{i}/{len(todo)}] {m} at {r:g}: pruning and evaluating")
-            write_json_atomic(path, cell(wb, m, r, states.get(m)))
+            progress(f"[{i}/{len(todo)}] {m} at {r:g} ({c}): pruning and evaluating")
+            write_json_atomic(path, cell(wb, m, r, states.get(m), c))
         else:
             progress(f"[{i}/{len(todo)}] {m} at {r:g}: cached")
         rows.append(json.loads(path.read_text()))
@@ -144,7 +157,7 @@ def compare(df: pd.DataFrame, ratios: list[float], params: Params) -> pd.DataFra
             continue
         for x in at[at.method != "ppf"].itertuples(index=False):
             d = paired_ppl_difference(ppf.iloc[0].nll_windows, x.nll_windows, tokens, params.benchmark.bootstrap, params.seed)
-            rows.append({"target_ratio": r, "method": x.method, "ppl": x.ppl_test, "ppf_ppl": float(ppf.iloc[0].ppl_test),
+            rows.append({"target_ratio": r, "method": x.method, "compensation": x.compensation, "ppl": x.ppl_test, "ppf_ppl": float(ppf.iloc[0].ppl_test),
                          "ppf_vs_pct": d["diff_pct"], "ppf_vs_ci_lo": d["ci_lo"], "ppf_vs_ci_hi": d["ci_hi"],
                          "ppf_wins": bool(d["ci_hi"] < 0), "ppf_loses": bool(d["ci_lo"] > 0)})
     return pd.DataFrame(rows)
@@ -153,15 +166,19 @@ def compare(df: pd.DataFrame, ratios: list[float], params: Params) -> pd.DataFra
 def report(rows: list[dict[str, Any]], params: Params) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """(results table with the paired-interval columns, per-window NLLs, the PPF-vs-method comparisons,
     the summary) from the finished cells."""
-    df = pd.DataFrame(rows)
-    df["zs_mean"] = df["zs_mean"].astype(float)
+    all_rows = pd.DataFrame(rows)
+    all_rows["zs_mean"] = all_rows["zs_mean"].astype(float)
+    configured = params.pruning.compensation
+    main = all_rows[(all_rows.compensation == configured) | (all_rows.compensation == "none")
+                    & ~all_rows.method.map(lambda m: get(m).kind == "width")]
+    df = main if configured != "none" else all_rows
     comparisons = compare(df, params.benchmark.ratios, params)
     nll = pd.DataFrame([{"method": r["method"], "target_ratio": r["target_ratio"], "window": i, "nll": x}
                         for r in rows for i, x in enumerate(r["nll_windows"])])
-    table = df.drop(columns=["nll_windows"])
+    table = all_rows.drop(columns=["nll_windows"])
     if len(comparisons):
-        cols = ["method", "target_ratio", "ppf_vs_pct", "ppf_vs_ci_lo", "ppf_vs_ci_hi"]
-        table = table.merge(comparisons[cols], on=["method", "target_ratio"], how="left")
+        cols = ["method", "target_ratio", "compensation", "ppf_vs_pct", "ppf_vs_ci_lo", "ppf_vs_ci_hi"]
+        table = table.merge(comparisons[cols], on=["method", "target_ratio", "compensation"], how="left")
     return table, nll, comparisons, summary(df, params.benchmark.ratios, comparisons)
 
 
@@ -228,7 +245,12 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
              f"Test perplexity (seqlen {params.eval.seqlen}, {params.benchmark.max_windows} windows) and mean "
              f"zero-shot accuracy ({params.benchmark.zero_shot_limit} examples per task); target = actual block "
              "reduction for width methods, nearest reachable for depth methods (see results/benchmark.csv). "
-             "Bold: the lowest perplexity at that ratio.", "", table2(df), "",
+             f"Bold: the lowest perplexity at that ratio. Width methods with pruning.compensation = "
+             f"{params.pruning.compensation}.", "", table2(df[df.compensation.isin([params.pruning.compensation, "none"])
+                                                          & ~(df.method.map(lambda m: get(m).kind == "width")
+                                                              & (df.compensation != params.pruning.compensation))]), "",
+             *((["Without compensation (the paper-comparable setting):", "",
+                 table2(df[(df.compensation == "none")]), ""]) if params.pruning.compensation != "none" else []),
              "PPF vs each method, PAIRED on the same test windows: ppl_PPF / ppl_method − 1 with its bootstrap 95 % "
              f"interval ({params.benchmark.bootstrap} draws). **win** / **loss** only where the interval excludes 0; "
              "otherwise the difference is within the noise of this many windows.", "",
@@ -243,7 +265,7 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
             continue
         lines.append(f"| {r} | {e['ppf_policy']} | {e['ppf_ppl']:.2f} | {e.get('best_baseline', '–')} | "
                      f"{e.get('best_baseline_ppl', float('nan')):.2f} | {e.get('ppl_reduction_vs_best_pct', float('nan')):+.1f} % |")
-    cols = ["method", "target_ratio", "actual_ratio", "ppl_test", "ppl_test_ci_lo", "ppl_test_ci_hi", "js_test",
+    cols = ["method", "compensation", "target_ratio", "actual_ratio", "ppl_test", "ppl_test_ci_lo", "ppl_test_ci_hi", "js_test",
             "zs_mean", "zs_mean_stderr", "tokens_per_s", "prefill_tok_s", "peak_mem_mb", "params"]
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df[cols].itertuples(index=False):

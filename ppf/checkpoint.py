@@ -63,10 +63,29 @@ _CLASS_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
 
 
 # ---- per-layer shapes ------------------------------------------------------------------------------
+SHAPE_KEYS = ("n_heads", "n_kv_heads", "intermediate")
+BIAS_KEYS = {"o_bias": ("self_attn", "o_proj"), "down_bias": ("mlp", "down_proj")}  # added by compensation
+
+
 def layer_shapes(plan: PruningPlan) -> list[dict[str, int]]:
     """``[{n_heads, n_kv_heads, intermediate}, ...]``, one per layer, as the plan keeps them."""
     return [{"n_heads": len(lp.heads), "n_kv_heads": len(lp.kv_heads), "intermediate": len(lp.channels)}
             for lp in plan.layers]
+
+
+def model_shapes(model: nn.Module, plan: PruningPlan) -> list[dict[str, Any]]:
+    """:func:`layer_shapes` plus ``o_bias`` / ``down_bias: true`` where the model has an output bias its
+    dense config does not (a compensated o_proj / down_proj; :mod:`ppf.compensate`)."""
+    dense_bias = {"o_bias": bool(getattr(model.config, "attention_bias", False)),
+                  "down_bias": bool(getattr(model.config, "mlp_bias", False))}
+    out = []
+    for sh, layer in zip(layer_shapes(plan), model.model.layers):
+        for key, (block, proj) in BIAS_KEYS.items():
+            linear = getattr(getattr(layer, block), proj, None)
+            if getattr(linear, "bias", None) is not None and not dense_bias[key]:
+                sh[key] = True
+        out.append(sh)
+    return out
 
 
 def _linear_like(old: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
@@ -98,6 +117,11 @@ def shrink_layers(model: nn.Module, shapes: list[dict[str, int]]) -> None:
         mlp.gate_proj = _linear_like(mlp.gate_proj, hidden, inter)
         mlp.up_proj = _linear_like(mlp.up_proj, hidden, inter)
         mlp.down_proj = _linear_like(mlp.down_proj, inter, hidden)
+        for key, (part, proj) in BIAS_KEYS.items():  # an output bias added by compensation
+            old = getattr(getattr(block, part), proj)
+            if sh.get(key) and old.bias is None:
+                setattr(getattr(block, part), proj, nn.Linear(old.in_features, old.out_features, bias=True,
+                                                              device=old.weight.device, dtype=old.weight.dtype))
         set_attention_bookkeeping(attn, sh["n_heads"], sh["n_kv_heads"])
 
 
@@ -240,7 +264,7 @@ def _ppf_config(model: nn.Module, plan: PruningPlan) -> Any:
                 "ppf_layers", "ppf_base_model_type", "quantization_config"):
         d.pop(key, None)
     cfg = cfg_cls.from_dict(d)
-    cfg.ppf_layers = layer_shapes(plan)
+    cfg.ppf_layers = model_shapes(model, plan)
     cfg.ppf_base_model_type = base
     cfg.architectures = [model_cls.__name__]
     return cfg
@@ -302,7 +326,7 @@ def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | Non
             generation.save_pretrained(tmp)
         # compact: the plan lists every kept channel index (hundreds of KB pretty-printed)
         write_text_atomic(tmp / LAYERS, json.dumps(
-            {"format": FORMAT, "layers": layer_shapes(plan), "plan": plan.to_dict()}, separators=(",", ":"),
+            {"format": FORMAT, "layers": config.ppf_layers, "plan": plan.to_dict()}, separators=(",", ":"),
             default=str) + "\n")
         write_json_atomic(tmp / META, {
             "format": FORMAT, "base": base, "base_model_type": config.ppf_base_model_type,
@@ -346,14 +370,15 @@ def _check_dir(path: Path) -> None:
 def _read_layers(path: Path) -> tuple[list[dict[str, int]], PruningPlan]:
     d = _read_json(path / LAYERS, "the per-layer shapes")
     try:
-        shapes = [{k: int(sh[k]) for k in ("n_heads", "n_kv_heads", "intermediate")} for sh in d["layers"]]
+        shapes = [{k: int(sh[k]) for k in SHAPE_KEYS} | {k: True for k in BIAS_KEYS if sh.get(k) is True}
+                  for sh in d["layers"]]
         plan = PruningPlan.from_dict(d["plan"])
     except PPFError as exc:
         raise PPFError(f"'{path}' is not a readable ppf checkpoint: {LAYERS} holds an invalid plan ({exc})") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PPFError(f"'{path}' is not a readable ppf checkpoint: {LAYERS} is malformed "
                        f"({type(exc).__name__}: {exc})") from None
-    if shapes != layer_shapes(plan):
+    if [{k: sh[k] for k in SHAPE_KEYS} for sh in shapes] != layer_shapes(plan):
         raise PPFError(f"'{path}' is not a readable ppf checkpoint: {LAYERS} lists shapes that disagree with its plan")
     return shapes, plan
 
@@ -456,6 +481,12 @@ def load_pruned(path: str | os.PathLike, device: str = "cpu") -> tuple[PreTraine
     config.dtype = dtype
     with torch.device("meta"):
         model = model_cls(config)
+    want = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    bad = [(k, tuple(v.shape), tuple(want[k].shape)) for k, v in tensors.items() if k in want and v.shape != want[k].shape]
+    if bad:
+        k, got, exp = bad[0]
+        raise PPFError(f"'{path}' is not a readable ppf checkpoint: {k} has shape {got} in {WEIGHTS}, but its "
+                       f"layer shapes in {LAYERS} need {exp}; re-save the pruned model")
     result = model.load_state_dict(tensors, strict=False, assign=True)
     tied_targets = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = set(result.missing_keys) - tied_targets

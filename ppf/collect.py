@@ -89,10 +89,11 @@ def evaluate(wb: Workbench, sample: Sample) -> dict[str, Any]:
     plan = wb.planner.plan(sample.policy, sample.ratio)
     mask = compress(plan)
     plan_s = time.perf_counter() - t
-    js = wb.judge(plan)["js"]
+    res = wb.judge(plan)
+    js = res["js"]
     return {
         **asdict(sample), "key": sample.key, "policy": sample.label,
         "actual_ratio": plan.block_ratio, "layer_ratios": [float(x) for x in plan.layer_ratios()],
         "mask": mask.astype(np.uint8).ravel().tolist(), "mask_shape": list(mask.shape),
-        "js": js, "ppr": ppr(js, plan.block_ratio), "plan_s": plan_s, "eval_s": time.perf_counter() - t - plan_s,
+        "js": js, "ppr": ppr(js, plan.block_ratio), "compensation": res["compensation"], "plan_s": plan_s, "eval_s": time.perf_counter() - t - plan_s,
     }

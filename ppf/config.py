@@ -100,6 +100,12 @@ class PruningParams(Section):
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="no layer loses more than this fraction")
     tolerance: float = Field(0.005, gt=0, lt=0.1, description="|actual - target| block ratio allowed")
     outlier_m: float = Field(5.0, gt=0, description="OWL's M: a Wanda score above M x mean is an outlier")
+    compensation: Literal["none", "bias", "lsq"] = Field(
+        "none", description="after width pruning, restore the removed heads'/channels' contribution from "
+        "calibration activations: none | bias (FLAP) | lsq (damped least-squares refit, layer by layer)")
+    damping: float = Field(0.01, gt=0, description="lsq ridge damping, relative to the mean Gram diagonal")
+    compensation_samples: int = Field(8, gt=0, description="calibration sequences (of calibration.seqlen) "
+                                      "the compensation is fitted on")
 
 
 class CollectParams(Section):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ppf.arch import describe
+from ppf.compensate import compensate
 from ppf.checkpoint import is_checkpoint, save_pruned
 from ppf.config import Params
 from ppf.data.corpus import calibration_batch, tokenize_text
@@ -160,9 +161,15 @@ class Workbench:
         memo = {id(t): t for mod in shared if mod is not None for t in (*mod.parameters(), *mod.buffers())}
         return copy.deepcopy(m, memo=memo)
 
-    def pruned(self, plan: PruningPlan) -> nn.Module:
-        """The dense model pruned to ``plan`` (a copy; the dense model stays as it is)."""
-        return prune_model(self.copy(), plan)
+    def pruned(self, plan: PruningPlan, compensation: str | None = None) -> nn.Module:
+        """The dense model pruned to ``plan`` (a copy; the dense model stays as it is), then compensated
+        (``pruning.compensation`` unless ``compensation`` says otherwise; its stats in ``model.ppf_compensation``)."""
+        pp = self.params.pruning
+        model = prune_model(self.copy(), plan)
+        method = compensation or pp.compensation
+        model.ppf_compensation = compensate(self.model, model, self.tokens[0][: pp.compensation_samples], method,
+                                            pp.damping, self.params.js.batch_size)
+        return model
 
     @torch.no_grad()
     def js(self, model: nn.Module) -> float:
@@ -179,7 +186,7 @@ class Workbench:
         """Prune for real and measure: true JS (+ valid perplexity on ``ppl_windows`` windows)."""
         t = time.perf_counter()
         pruned = self.pruned(plan)
-        out = {"js": self.js(pruned)}
+        out = {"js": self.js(pruned), "compensation": pruned.ppf_compensation["method"]}
         if ppl_windows is not None:
             out["ppl_valid"] = self.perplexity(pruned, "valid", ppl_windows)
         out["seconds"] = time.perf_counter() - t
@@ -213,11 +220,13 @@ def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
     progress("pruning")
     model = wb.pruned(plan)
     after = describe(model)
-    times["prune_s"] = time.perf_counter() - t
+    times["prune_s"] = time.perf_counter() - t - model.ppf_compensation["seconds"]
+    times["compensation_s"] = model.ppf_compensation["seconds"]
     if out is not None:
         t = time.perf_counter()
         progress(f"saving to {out}")
-        save_pruned(model, wb.tokenizer, out, base=str(wb.name), extra={"policy": str(policy), "target": ratio})
+        save_pruned(model, wb.tokenizer, out, base=str(wb.name),
+                    extra={"policy": str(policy), "target": ratio, "compensation": wb.params.pruning.compensation})
         times["save_s"] = time.perf_counter() - t
     return {
         "model": str(wb.name), "policy": str(policy), "target_ratio": ratio,
@@ -225,5 +234,6 @@ def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
         "actual_model_ratio": 1 - after.total_params / before.total_params,
         "params_before": before.total_params, "params_after": after.total_params,
         "block_params_before": before.block_params, "block_params_after": after.block_params,
-        "layer_ratios": plan.layer_ratios(), "out": str(out) if out else None, "seconds": times,
+        "layer_ratios": plan.layer_ratios(), "out": str(out) if out else None,
+        "compensation": wb.params.pruning.compensation, "seconds": times,
     }

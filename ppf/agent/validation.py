@@ -96,7 +96,8 @@ def judge(wb: Workbench, row: dict[str, Any], ppl_windows: int) -> dict[str, flo
     res = wb.judge(plan, ppl_windows)
     ratios = plan.layer_ratios()
     return {"true_js": res["js"], "ppl_valid": res["ppl_valid"], "actual_ratio": plan.block_ratio,
-            "layer_ratio_min": float(min(ratios)), "layer_ratio_max": float(max(ratios)), "seconds": res["seconds"]}
+            "layer_ratio_min": float(min(ratios)), "layer_ratio_max": float(max(ratios)), "seconds": res["seconds"],
+            "compensation": res["compensation"]}
 
 
 def table(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -50,3 +50,27 @@ def test_component_defaults_equal_the_params_defaults():
             if hasattr(pred, f.name):
                 want = getattr(pred, f.name)
                 assert f.default == (tuple(want) if isinstance(want, list) else want), f"{cls.__name__}.{f.name}"
+
+
+def test_the_configured_compensation_is_applied_and_reported_and_the_benchmark_keeps_both():
+    from ppf import benchmark as B
+
+    model, tok = make_llama(4, 2)
+    g = torch.Generator().manual_seed(0)
+    calib, heldout = torch.randint(4, 90, (8, 16), generator=g), torch.randint(4, 90, (2, 16), generator=g)
+    params = parse_params({"pruning": {"unit_importance": "activation", "compensation": "lsq", "tolerance": 0.05},
+                           "benchmark": {"llm_pruner_keep": [1, 0]}})
+    wb = ppf.Workbench.of(model, tok, params, calib, heldout)
+    plan = wb.planner.plan(ppf.Policy("lod", 0.1), 0.4)
+    lsq, none = wb.pruned(plan), wb.pruned(plan, "none")
+    assert lsq.ppf_compensation["method"] == "lsq" and lsq.ppf_compensation["layers"] == 3
+    assert none.ppf_compensation["method"] == "none" and none.model.layers[0].mlp.down_proj.bias is None
+    assert wb.judge(plan)["compensation"] == "lsq"
+    cells = B.cells(["dense", "owl", "shortgpt"], [0.4], "lsq")
+    assert cells == [("dense", 0.0, "none"), ("owl", 0.4, "lsq"), ("owl", 0.4, "none"), ("shortgpt", 0.4, "none")]
+    _, info = B.build(wb, "llm_pruner", 0.4)
+    assert info["compensation"] == "lsq" and info["compensation_s"] > 0
+    with pytest.raises(Exception, match="compensation"):
+        parse_params({"pruning": {"compensation": "ols"}})
+    with pytest.raises(Exception, match="damping"):
+        parse_params({"pruning": {"damping": 0}})
