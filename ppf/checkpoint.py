@@ -12,8 +12,12 @@ A checkpoint directory holds:
 ``config.json``
     The DENSE config with ``model_type`` changed to ``ppf_<base>`` (``ppf_llama``, ``ppf_mistral``,
     ``ppf_qwen2``), ``ppf_base_model_type`` the base type and ``ppf_layers`` the per-layer shapes
-    ``{n_heads, n_kv_heads, intermediate}``. No ``auto_map`` / remote code: ``import ppf`` registers
-    the classes with transformers (:func:`register_with_transformers`).
+    ``{n_heads, n_kv_heads, intermediate}``, and an ``auto_map`` to the remote code below.
+``configuration_ppf.py``, ``modeling_ppf.py``
+    Self-contained classes (torch + transformers only, :mod:`ppf.export.remote_code`), so that
+    ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` loads the checkpoint
+    without ppf. With ``import ppf`` (which registers ppf's classes,
+    :func:`register_with_transformers`) no ``trust_remote_code`` is needed.
 ``ppf_layers.json``
     ``{"format": 1, "layers": [per-layer shapes], "plan": PruningPlan.to_dict()}`` - the kept dense
     indices, so the plan (and the masks derived from it) can be read back (:func:`read_plan`).
@@ -44,6 +48,7 @@ import torch
 from torch import nn
 
 from ppf.errors import PPFError
+from ppf.export import remote_code
 from ppf.io import atomic_dir, write_json_atomic, write_text_atomic
 from ppf.models import load
 from ppf.plan import DenseShape, PruningPlan
@@ -267,6 +272,7 @@ def _ppf_config(model: nn.Module, plan: PruningPlan) -> Any:
     cfg.ppf_layers = model_shapes(model, plan)
     cfg.ppf_base_model_type = base
     cfg.architectures = [model_cls.__name__]
+    cfg.auto_map = remote_code.auto_map(base)  # loadable without ppf (trust_remote_code=True)
     return cfg
 
 
@@ -321,6 +327,7 @@ def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | Non
     with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         config.save_pretrained(tmp)
+        remote_code.write(tmp, config.ppf_base_model_type)
         generation = getattr(model, "generation_config", None)
         if generation is not None:
             generation.save_pretrained(tmp)

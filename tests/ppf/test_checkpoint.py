@@ -71,7 +71,7 @@ def test_round_trip_is_bit_identical(tmp_path: Path, n_kv, model_type):
 
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == f"ppf_{model_type}" and cfg["ppf_base_model_type"] == model_type
-    assert "auto_map" not in cfg
+    assert cfg["auto_map"]["AutoModelForCausalLM"] == f"modeling_ppf.{type(loaded).__name__}"  # remote code
     assert cfg["num_attention_heads"] == 4 and cfg["intermediate_size"] == 96  # the dense config
     assert cfg["ppf_layers"] == checkpoint.layer_shapes(plan_of(model))
     meta = json.loads((out / "ppf.json").read_text())
