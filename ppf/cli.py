@@ -138,6 +138,8 @@ def prune(model: ModelOpt = "smollm2-135m",
     rows += [(f"time: {k.removesuffix('_s')}", f"{v:.2f} s") for k, v in report["seconds"].items()]
     rows += [("saved to", report["out"])] if report["out"] else []
     _show(report, as_json, f"{model} pruned with {pol} to {ratio:.3f}", rows)
+    if not out:
+        err.print("nothing saved; pass --out DIR to save", highlight=False)
 
 
 @app.command(name="eval")
@@ -436,25 +438,54 @@ def params_(params: ParamsOpt = Path("params.yaml")) -> None:
     console.print_json(load_params(params).model_dump_json())
 
 
+def _click_modules() -> list:
+    """The exception modules of the click that typer runs on: its vendored copy (typer >= 0.16), click."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(__import__(name, fromlist=["ClickException"]))
+        except ImportError:
+            pass
+    return mods
+
+
+def _click_error(exc: BaseException) -> int | None:
+    """Report a click/typer usage error as one line on stderr; its exit code (None: not one)."""
+    from rich.markup import escape
+
+    exits = tuple(getattr(m, "Exit") for m in (typer, *_click_modules()) if hasattr(m, "Exit"))
+    if isinstance(exc, exits):
+        return exc.exit_code
+    for mod in _click_modules():
+        if isinstance(exc, getattr(mod, "NoArgsIsHelpError", ())):  # bare `ppf`: the help text
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, mod.ClickException):
+            message = " ".join(exc.format_message().split())
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if isinstance(exc, mod.UsageError) and ctx is not None else ""
+            err.print(f"[bold red]error:[/] {escape(message + hint)}", highlight=False, soft_wrap=True)
+            return exc.exit_code
+    return None
+
+
 def main() -> None:
     """Entry point: run the app, turning PPFError into one line and exit code 2."""
     try:
         code = app(standalone_mode=False)  # typer turns Ctrl-C into a returned 130 in this mode
     except PPFError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # "ppf[gguf]" is text
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
     except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
+        code = _click_error(exc)
+        if code is None:
+            raise
+        sys.exit(code)
     if isinstance(code, int) and code:
         if code == 130:
             err.print("aborted")

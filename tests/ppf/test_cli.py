@@ -120,3 +120,25 @@ def test_pruning_a_pruned_checkpoint_is_refused(project, tiny_model_dir, capsys)
     assert run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--out", str(out)], capsys)[0] == 0
     code, _, err = run(["prune", "--model", str(out), "--ratio", "0.3"], capsys)
     assert code == 2 and "already a pruned checkpoint" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["prune", "--ratio", "abc"], "--ratio"),
+    (["nosuchcmd"], "nosuchcmd"),
+    (["prune", "--no-such-option"], "--no-such-option"),
+    (["eval", "--splits"], "--splits"),
+])
+def test_usage_errors_are_one_line_and_exit_2(capsys, argv, needle):
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert needle in err and err.strip().count("\n") == 0 and "Traceback" not in err + out
+
+
+def test_prune_without_out_says_nothing_was_saved(project, tiny_model_dir, capsys):
+    code, stdout, err = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3"], capsys)
+    assert code == 0 and "actual block reduction" in stdout
+    assert "nothing saved; pass --out DIR to save" in err
+    code, stdout, err = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["out"] is None and "nothing saved" in err
+    code, _, err = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--out", str(project / "p")], capsys)
+    assert code == 0 and "nothing saved" not in err
