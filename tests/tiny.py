@@ -171,3 +171,22 @@ def git_project(dest: Path, sdist: Path, profile: str = "tiny") -> Path:
     subprocess.run(["dvc", "remote", "modify", "--local", "local", "url", str(dest.parent / "remote")],
                    cwd=dest, env=env, check=True)
     return dest
+
+
+def random_plan(model, seed: int = 0, meta: dict | None = None):
+    """A non-uniform plan: layer 0 drops a KV group (when there are several), layer 1 keeps one head
+    and 5 channels, the other layers are random."""
+    import random
+
+    from ppf.plan import DenseShape, LayerPlan, PruningPlan
+
+    s = DenseShape.of(model)
+    rng = random.Random(seed)
+    layers = []
+    for i in range(s.n_layers):
+        kv = list(range(1, s.n_kv_heads)) if i == 0 and s.n_kv_heads > 1 else [rng.randrange(s.n_kv_heads)]
+        per = 1 if i == 1 else rng.randint(1, s.groups)
+        heads = sorted(h for g in kv for h in rng.sample(range(g * s.groups, (g + 1) * s.groups), per))
+        channels = sorted(rng.sample(range(s.intermediate), 5 if i == 1 else rng.randint(10, s.intermediate)))
+        layers.append(LayerPlan(tuple(heads), tuple(kv), tuple(channels)))
+    return PruningPlan(s, tuple(layers), meta=dict(meta or {"method": "test"}))

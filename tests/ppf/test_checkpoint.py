@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -12,23 +11,13 @@ import torch
 from ppf import checkpoint
 from ppf.checkpoint import load_pruned, read_plan, register_with_transformers, save_pruned
 from ppf.errors import PPFError
-from ppf.plan import DenseShape, LayerPlan, PruningPlan
+from ppf.plan import DenseShape, PruningPlan
 from ppf.prune import plan_of, prune_model
-from tiny import make_llama, make_text
+from tiny import make_llama, make_text, random_plan
 
 
 def _plan(model, seed: int = 0) -> PruningPlan:
-    """Layer 0 drops a KV group when there are several, layer 1 keeps one head and 5 channels."""
-    s = DenseShape.of(model)
-    rng = random.Random(seed)
-    layers = []
-    for i in range(s.n_layers):
-        kv = list(range(1, s.n_kv_heads)) if i == 0 and s.n_kv_heads > 1 else [rng.randrange(s.n_kv_heads)]
-        per = 1 if i == 1 else rng.randint(1, s.groups)
-        heads = sorted(h for g in kv for h in rng.sample(range(g * s.groups, (g + 1) * s.groups), per))
-        channels = sorted(rng.sample(range(s.intermediate), 5 if i == 1 else rng.randint(10, s.intermediate)))
-        layers.append(LayerPlan(tuple(heads), tuple(kv), tuple(channels)))
-    return PruningPlan(s, tuple(layers), meta={"method": "test", "a_eta": 0.5})
+    return random_plan(model, seed, {"method": "test", "a_eta": 0.5})
 
 
 def _pruned(n_kv: int = 2, model_type: str = "llama", seed: int = 0):

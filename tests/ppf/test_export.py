@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import textwrap
@@ -20,24 +19,13 @@ import pytest
 import torch
 
 from ppf.checkpoint import load_pruned, save_pruned
-from ppf.errors import PPFError
-from ppf.plan import DenseShape, LayerPlan, PruningPlan
+from ppf.plan import PruningPlan
 from ppf.prune import prune_model
-from tiny import make_llama, make_text
+from tiny import make_llama, make_text, random_plan
 
 
 def _plan(model, seed: int = 0) -> PruningPlan:
-    """Non-uniform: layer 0 drops a KV group, layer 1 keeps one head and 5 channels, layer 2 is random."""
-    s = DenseShape.of(model)
-    rng = random.Random(seed)
-    layers = []
-    for i in range(s.n_layers):
-        kv = list(range(1, s.n_kv_heads)) if i == 0 and s.n_kv_heads > 1 else [rng.randrange(s.n_kv_heads)]
-        per = 1 if i == 1 else rng.randint(1, s.groups)
-        heads = sorted(h for g in kv for h in rng.sample(range(g * s.groups, (g + 1) * s.groups), per))
-        channels = sorted(rng.sample(range(s.intermediate), 5 if i == 1 else rng.randint(10, s.intermediate)))
-        layers.append(LayerPlan(tuple(heads), tuple(kv), tuple(channels)))
-    return PruningPlan(s, tuple(layers), meta={"method": "test"})
+    return random_plan(model, seed, None)
 
 
 def _pruned(n_heads: int = 4, n_kv: int = 2, model_type: str = "llama", seed: int = 0):
