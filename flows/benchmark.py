@@ -49,14 +49,14 @@ def benchmark_flow(params_path: str = "params.yaml", root: str | None = None) ->
     states = {m: prepare_method(m, B.prepare_ratio(b.ratios), key, str(root), params)
               for m in methods if get(m).prepare is not None}
     rows = [cell(m, r, c, states.get(m), key, str(root), params)
-            for m, r, c in B.cells(methods, b.ratios, params.pruning.compensation)]
+            for m, r, c in B.cells(methods, b.ratios, params.pruning)]
     df, nll, comparisons, summary = B.report(rows, params)
     write_text_atomic(root / "results" / "benchmark.csv", df.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(root / "results" / "benchmark_windows.csv", nll.to_csv(index=False, float_format="%.9g"))
     write_text_atomic(root / "results" / "benchmark.md", B.markdown(df, summary, params, comparisons))
-    for name, png in plots.benchmark_curves(df).items():
+    for name, png in plots.benchmark_curves(B.as_configured(df, params)).items():
         write_bytes_atomic(root / "plots" / "benchmark" / f"{name}.png", png)
-    pruned = df[df.method != "dense"]
+    pruned = B.as_configured(df, params).query("method != 'dense'")
     write_text_atomic(root / "plots" / "benchmark" / "by_ratio.csv",
                       pruned[["method", "actual_ratio", "ppl_test", "zs_mean", "tokens_per_s", "peak_mem_mb"]]
                       .to_csv(index=False, float_format="%.6g"))

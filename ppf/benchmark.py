@@ -33,18 +33,29 @@ from ppf.stats import paired_ppl_difference, ppl_interval
 from ppf.workbench import Workbench
 
 
+def configured(pruning: Any, method: str) -> str:
+    """The compensation the config gives ``method``: ``pruning.compensation`` for width methods,
+    ``pruning.removed_blocks`` for depth methods, none for the dense model."""
+    kind = get(method).kind
+    return pruning.compensation if kind == "width" else pruning.removed_blocks if kind == "depth" else "none"
+
+
 def build(wb: Workbench, method: str, ratio: float, state: Any = None, compensation: str | None = None
           ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model ``method`` makes at ``ratio`` (a copy; embeddings shared) and {policy, actual_ratio,
-    compensation}; width methods are compensated (``pruning.compensation`` unless ``compensation`` is given)."""
+    compensation, compensation_s}, compensated as configured (:func:`configured`) unless ``compensation``
+    says otherwise (width: none | bias | lsq; depth: none | mean)."""
     m = get(method)
     if m.kind == "width":
         desc, plan = m.plan(wb, ratio)
         model = wb.pruned(plan, compensation)
-        return model, {"policy": desc, "actual_ratio": plan.block_ratio, "compensation": model.ppf_compensation["method"],
-                       "compensation_s": model.ppf_compensation["seconds"]}
-    model, info = m.build(wb, ratio, state)
-    return model, info | {"compensation": "none", "compensation_s": 0.0}
+        info = {"policy": desc, "actual_ratio": plan.block_ratio}
+    else:
+        model, info = m.build(wb, ratio, state)
+        if m.kind == "depth":
+            wb.with_blocks_compensated(model, compensation)
+    comp = getattr(model, "ppf_compensation", {"method": "none", "seconds": 0.0})
+    return model, info | {"compensation": comp["method"], "compensation_s": comp["seconds"] + comp.get("statistics_s", 0.0)}
 
 
 def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
@@ -80,17 +91,16 @@ def cell(wb: Workbench, method: str, ratio: float, state: Any = None, compensati
     return row
 
 
-def cells(methods: list[str], ratios: list[float], compensation: str = "none") -> list[tuple[str, float, str]]:
-    """The (method, ratio, compensation) cells: dense once at 0, every other method at every ratio; a
-    width method with the configured compensation AND, if that is not ``none``, without (the
+def cells(methods: list[str], ratios: list[float], pruning: Any) -> list[tuple[str, float, str]]:
+    """The (method, ratio, compensation) cells: dense once at 0, every other method at every ratio
+    with its configured compensation (:func:`configured`) AND, if that is not ``none``, without (the
     paper-comparable setting)."""
     out = [("dense", 0.0, "none")] if "dense" in methods else []
     for m in methods:
         if m == "dense":
             continue
-        kinds = [compensation, "none"] if get(m).kind == "width" and compensation != "none" else \
-            [compensation if get(m).kind == "width" else "none"]
-        out += [(m, r, c) for c in kinds for r in ratios]
+        c = configured(pruning, m)
+        out += [(m, r, k) for k in ([c, "none"] if c != "none" else ["none"]) for r in ratios]
     return out
 
 
@@ -132,7 +142,7 @@ def run(root: Path, params: Params, methods: list[str], ratios: list[float], cac
             progress(f"{name}: preparing (up to ratio {limit:g})")
             write_json_atomic(path, get(name).prepare(wb, limit))
         states[name] = json.loads(path.read_text())
-    todo = cells(methods, ratios, params.pruning.compensation)
+    todo = cells(methods, ratios, params.pruning)
     rows = []
     for i, (m, r, c) in enumerate(todo, 1):
         path = folder / f"{m}@{r:g}-{c}.json"
@@ -168,18 +178,26 @@ def report(rows: list[dict[str, Any]], params: Params) -> tuple[pd.DataFrame, pd
     the summary) from the finished cells."""
     all_rows = pd.DataFrame(rows)
     all_rows["zs_mean"] = all_rows["zs_mean"].astype(float)
-    configured = params.pruning.compensation
-    main = all_rows[(all_rows.compensation == configured) | (all_rows.compensation == "none")
-                    & ~all_rows.method.map(lambda m: get(m).kind == "width")]
-    df = main if configured != "none" else all_rows
-    comparisons = compare(df, params.benchmark.ratios, params)
-    nll = pd.DataFrame([{"method": r["method"], "target_ratio": r["target_ratio"], "window": i, "nll": x}
+    df = as_configured(all_rows, params)
+    comparisons = compare(df, params.benchmark.ratios, params).assign(setting="configured")
+    if (all_rows.compensation != "none").any():  # the paper-comparable setting too: PPF without vs each method without
+        plain = compare(all_rows[all_rows.compensation == "none"], params.benchmark.ratios, params).assign(setting="none")
+        comparisons = pd.concat([comparisons, plain], ignore_index=True)
+    nll = pd.DataFrame([{"method": r["method"], "compensation": r["compensation"], "target_ratio": r["target_ratio"],
+                         "window": i, "nll": x}
                         for r in rows for i, x in enumerate(r["nll_windows"])])
     table = all_rows.drop(columns=["nll_windows"])
     if len(comparisons):
         cols = ["method", "target_ratio", "compensation", "ppf_vs_pct", "ppf_vs_ci_lo", "ppf_vs_ci_hi"]
-        table = table.merge(comparisons[cols], on=["method", "target_ratio", "compensation"], how="left")
-    return table, nll, comparisons, summary(df, params.benchmark.ratios, comparisons)
+        table = table.merge(comparisons[cols].drop_duplicates(["method", "target_ratio", "compensation"]),
+                            on=["method", "target_ratio", "compensation"], how="left")
+    mine = comparisons[comparisons.setting == "configured"] if len(comparisons) else comparisons
+    return table, nll, comparisons, summary(df, params.benchmark.ratios, mine)
+
+
+def as_configured(df: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """The rows of every method with its configured compensation (the models a user gets)."""
+    return df[df.compensation == df.method.map(lambda m: configured(params.pruning, m))]
 
 
 def summary(df: pd.DataFrame, ratios: list[float], comparisons: pd.DataFrame | None = None) -> dict[str, Any]:
@@ -246,18 +264,19 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
              f"zero-shot accuracy ({params.benchmark.zero_shot_limit} examples per task); target = actual block "
              "reduction for width methods, nearest reachable for depth methods (see results/benchmark.csv). "
              f"Bold: the lowest perplexity at that ratio. Width methods with pruning.compensation = "
-             f"{params.pruning.compensation}.", "", table2(df[df.compensation.isin([params.pruning.compensation, "none"])
-                                                          & ~(df.method.map(lambda m: get(m).kind == "width")
-                                                              & (df.compensation != params.pruning.compensation))]), "",
+             f"{params.pruning.compensation}, depth methods with pruning.removed_blocks = {params.pruning.removed_blocks}.",
+             "", table2(as_configured(df, params)), "",
              *((["Without compensation (the paper-comparable setting):", "",
-                 table2(df[(df.compensation == "none")]), ""]) if params.pruning.compensation != "none" else []),
+                 table2(df[(df.compensation == "none")]), ""]) if (df.compensation != "none").any() else []),
              "PPF vs each method, PAIRED on the same test windows: ppl_PPF / ppl_method − 1 with its bootstrap 95 % "
              f"interval ({params.benchmark.bootstrap} draws). **win** / **loss** only where the interval excludes 0; "
              "otherwise the difference is within the noise of this many windows.", "",
-             "| ratio | method | its ppl | PPF ppl | PPF vs it | 95 % interval | verdict |", "|---|---|---|---|---|---|---|"]
+             "Setting `configured`: every method with its configured compensation (PPF too); `none`: all without.", "",
+             "| setting | ratio | method | its ppl | PPF ppl | PPF vs it | 95 % interval | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in (comparisons.itertuples(index=False) if comparisons is not None else ()):
         verdict = "**win**" if c.ppf_wins else "**loss**" if c.ppf_loses else "tie (interval includes 0)"
-        lines.append(f"| {c.target_ratio:g} | {c.method} | {c.ppl:.2f} | {c.ppf_ppl:.2f} | {c.ppf_vs_pct:+.1f} % | "
+        lines.append(f"| {getattr(c, 'setting', 'configured')} | {c.target_ratio:g} | {c.method} | {c.ppl:.2f} | {c.ppf_ppl:.2f} | {c.ppf_vs_pct:+.1f} % | "
                      f"[{c.ppf_vs_ci_lo:+.1f}, {c.ppf_vs_ci_hi:+.1f}] % | {verdict} |")
     lines += ["", "| ratio | PPF policy | PPF ppl | best baseline | its ppl | PPF vs best |", "|---|---|---|---|---|---|"]
     for r, e in summary.items():

@@ -134,7 +134,10 @@ def prune(model: ModelOpt = "smollm2-135m",
             ("actual whole-model reduction", f"{report['actual_model_ratio']:.4f}"),
             ("params before -> after", f"{report['params_before']:,} -> {report['params_after']:,}"),
             ("block params before -> after", f"{report['block_params_before']:,} -> {report['block_params_after']:,}"),
-            ("layer ratios min / max", f"{min(report['layer_ratios']):.3f} / {max(report['layer_ratios']):.3f}")]
+            ("layer ratios min / max", f"{min(report['layer_ratios']):.3f} / {max(report['layer_ratios']):.3f}"),
+            ("compensation", f"{report['compensation']}" + (f" ({report['compensation_inputs']} inputs, peak "
+                                                             f"{report['compensation_peak_mb']:,.0f} MB)"
+                                                             if report["compensation"] != "none" else ""))]
     rows += [(f"time: {k.removesuffix('_s')}", f"{v:.2f} s") for k, v in report["seconds"].items()]
     rows += [("saved to", report["out"])] if report["out"] else []
     _show(report, as_json, f"{model} pruned with {pol} to {ratio:.3f}", rows)

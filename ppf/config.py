@@ -101,11 +101,18 @@ class PruningParams(Section):
     tolerance: float = Field(0.005, gt=0, lt=0.1, description="|actual - target| block ratio allowed")
     outlier_m: float = Field(5.0, gt=0, description="OWL's M: a Wanda score above M x mean is an outlier")
     compensation: Literal["none", "bias", "lsq"] = Field(
-        "none", description="after width pruning, restore the removed heads'/channels' contribution from "
-        "calibration activations: none | bias (FLAP) | lsq (damped least-squares refit, layer by layer)")
+        "lsq", description="after width pruning, restore the removed heads'/channels' contribution from "
+        "calibration activations: none | bias (FLAP) | lsq (damped least-squares refit of the kept columns)")
+    compensation_inputs: Literal["dense", "sequential"] = Field(
+        "dense", description="where the compensation's input statistics come from: dense (the dense model's, "
+        "gathered once and shared by every plan) | sequential (layer after layer on the pruned model's own "
+        "inputs, one pass per plan, as SparseGPT; less memory for big models)")
     damping: float = Field(0.01, gt=0, description="lsq ridge damping, relative to the mean Gram diagonal")
-    compensation_samples: int = Field(8, gt=0, description="calibration sequences (of calibration.seqlen) "
-                                      "the compensation is fitted on")
+    compensation_samples: int | None = Field(None, gt=0, description="calibration sequences (of calibration.seqlen) "
+                                             "the compensation is fitted on; null = all calibration.n_samples")
+    removed_blocks: Literal["none", "mean"] = Field(
+        "mean", description="depth pruning (removed layers / attention / MLP blocks): none (they add nothing) | "
+        "mean (they add their dense mean output over the calibration tokens)")
 
 
 class CollectParams(Section):
@@ -301,6 +308,13 @@ class Params(Section):
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     deploy: DeployParams = Field(default_factory=DeployParams)
+
+    @model_validator(mode="after")
+    def _compensation_fits_calibration(self) -> "Params":
+        if (self.pruning.compensation_samples or 0) > self.calibration.n_samples:
+            raise ValueError(f"pruning.compensation_samples {self.pruning.compensation_samples} is more than the "
+                             f"{self.calibration.n_samples} calibration sequences; lower it or raise calibration.n_samples")
+        return self
 
     def with_model(self, name: str) -> "Params":
         """The same params for another model (a name, a local directory or a checkpoint)."""

@@ -26,8 +26,24 @@ from ppf.plan import DenseShape
 REMOVED_ATTR = "ppf_removed_blocks"
 
 
-class NoAttention(nn.Module):
-    """A removed attention block: adds nothing to the residual stream."""
+class _Shifted(nn.Module):
+    """A stand-in that adds a constant (its ``shift``, zero until :meth:`set_shift`) to the residual stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", None)
+
+    def set_shift(self, value: torch.Tensor) -> None:
+        self.shift = value.detach().clone()
+
+    def _out(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.shift is None:
+            return torch.zeros_like(hidden_states)
+        return self.shift.to(hidden_states.device, hidden_states.dtype).expand_as(hidden_states).clone()
+
+
+class NoAttention(_Shifted):
+    """A removed attention block: adds nothing (or its ``shift``) to the residual stream."""
 
     def __init__(self, layer_idx: int, head_dim: int):
         super().__init__()
@@ -38,14 +54,14 @@ class NoAttention(nn.Module):
             b, t, _ = hidden_states.shape
             empty = hidden_states.new_zeros(b, 0, t, self.head_dim)
             past_key_values.update(empty, empty, self.layer_idx)
-        return torch.zeros_like(hidden_states), None
+        return self._out(hidden_states), None
 
 
-class NoMLP(nn.Module):
-    """A removed MLP block: adds nothing to the residual stream."""
+class NoMLP(_Shifted):
+    """A removed MLP block: adds nothing (or its ``shift``) to the residual stream."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
+        return self._out(hidden_states)
 
 
 def block_ratio(shape: DenseShape, attention: Sequence[int], mlp: Sequence[int]) -> float:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from ppf.arch import describe
-from ppf.compensate import compensate
 from ppf.checkpoint import is_checkpoint, save_pruned
+from ppf.compensate import DenseStatistics, compensate, compensate_blocks, dense_statistics
 from ppf.config import Params
 from ppf.data.corpus import calibration_batch, tokenize_text
 from ppf.errors import PPFError
@@ -161,14 +161,41 @@ class Workbench:
         memo = {id(t): t for mod in shared if mod is not None for t in (*mod.parameters(), *mod.buffers())}
         return copy.deepcopy(m, memo=memo)
 
+    @property
+    def compensation_tokens(self) -> torch.Tensor:
+        return self.tokens[0][: self.params.pruning.compensation_samples or self.params.calibration.n_samples]
+
+    @cached_property
+    def statistics(self) -> DenseStatistics:
+        """The dense model's activation statistics on the compensation tokens (gathered once; every
+        plan's compensation and every removed block's mean read them)."""
+        pp = self.params.pruning
+        return dense_statistics(self.model, self.compensation_tokens, self.params.js.batch_size,
+                                gram=pp.compensation == "lsq" and pp.compensation_inputs == "dense")
+
     def pruned(self, plan: PruningPlan, compensation: str | None = None) -> nn.Module:
         """The dense model pruned to ``plan`` (a copy; the dense model stays as it is), then compensated
-        (``pruning.compensation`` unless ``compensation`` says otherwise; its stats in ``model.ppf_compensation``)."""
+        (``pruning.compensation`` unless ``compensation`` says otherwise; its stats in ``model.ppf_compensation``,
+        the shared dense statistics' one-time cost in its ``statistics_s`` when this call gathered them)."""
         pp = self.params.pruning
         model = prune_model(self.copy(), plan)
         method = compensation or pp.compensation
-        model.ppf_compensation = compensate(self.model, model, self.tokens[0][: pp.compensation_samples], method,
-                                            pp.damping, self.params.js.batch_size)
+        dense_inputs = method != "none" and pp.compensation_inputs == "dense"
+        first = dense_inputs and "statistics" not in self.__dict__
+        shared = self.statistics if dense_inputs and (method == "bias" or self.statistics.has_gram) else None
+        model.ppf_compensation = compensate(self.model, model, self.compensation_tokens, method, pp.damping,
+                                            self.params.js.batch_size, pp.compensation_inputs, shared)
+        if first and shared is not None:
+            model.ppf_compensation["statistics_s"] = shared.seconds
+        return model
+
+    def with_blocks_compensated(self, model: nn.Module, method: str | None = None) -> nn.Module:
+        """A depth-pruned ``model`` with its removed blocks replaced as ``pruning.removed_blocks`` (or
+        ``method``) says, in place; its stats in ``model.ppf_compensation``."""
+        method = method or self.params.pruning.removed_blocks
+        st = self.statistics if method != "none" else None
+        model.ppf_compensation = compensate_blocks(model, st, method) if st is not None else \
+            {"method": "none", "seconds": 0.0, "blocks": 0}
         return model
 
     @torch.no_grad()
@@ -220,8 +247,9 @@ def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
     progress("pruning")
     model = wb.pruned(plan)
     after = describe(model)
-    times["prune_s"] = time.perf_counter() - t - model.ppf_compensation["seconds"]
-    times["compensation_s"] = model.ppf_compensation["seconds"]
+    comp = model.ppf_compensation
+    times["compensation_s"] = comp["seconds"] + comp.get("statistics_s", 0.0)  # its statistics gathered here, once
+    times["prune_s"] = time.perf_counter() - t - times["compensation_s"]
     if out is not None:
         t = time.perf_counter()
         progress(f"saving to {out}")
@@ -235,5 +263,6 @@ def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
         "params_before": before.total_params, "params_after": after.total_params,
         "block_params_before": before.block_params, "block_params_after": after.block_params,
         "layer_ratios": plan.layer_ratios(), "out": str(out) if out else None,
-        "compensation": wb.params.pruning.compensation, "seconds": times,
+        "compensation": wb.params.pruning.compensation, "compensation_inputs": wb.params.pruning.compensation_inputs,
+        "compensation_peak_mb": comp.get("peak_mb"), "seconds": times,
     }

@@ -5,7 +5,9 @@ Not a test (nothing is asserted): it measures, on the prepared project data,
   * per (ratio, policy): policy → plan → compressed mask, physical pruning, one JS evaluation,
     one perplexity evaluation, save + reload (identical logits?),
   * tokens/s (batched prefill at seqlen 512, batch-1 greedy generation) and weight memory of the
-    dense and pruned models.
+    dense and pruned models,
+  * compensation (``--compensations``): the dense statistics once (seconds, peak memory), then per
+    plan and method the seconds it adds and the JS / valid perplexity after it.
 Writes studies/results/engine.json and engine.md.
 
 Run (after `dvc repro prepare`):  python studies/engine_costs.py [--ratios 0.2 0.4 0.5] [--policies ...]
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ppf.compensate import compensate, dense_statistics
 from ppf.config import load_params
 from ppf.evaluate import speed
 from ppf.importance import layer_importance, unit_importance
@@ -48,6 +51,8 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--out", default=str(ROOT / "studies" / "results"))
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--compensations", nargs="*", default=["bias", "lsq"], help="compensations to time per plan "
+                    "(with pruning.compensation_inputs); none to skip")
     args = ap.parse_args()
     params = load_params(args.params)
     if args.threads:
@@ -74,6 +79,14 @@ def main() -> None:
     res["dense"] = {"ppl_valid": ppl, "ppl_s": s, **speed(model, tok)}
     print(f"dense: ppl {ppl:.2f} ({s:.0f} s)", flush=True)
 
+    pp = params.pruning
+    comps = [c for c in args.compensations if c != "none"]
+    if comps and pp.compensation_inputs == "dense":
+        st = dense_statistics(model, wb.compensation_tokens, params.js.batch_size, gram="lsq" in comps)
+        res["compensation_statistics"] = {"seconds": st.seconds, "peak_mb": st.peak_mb, "tokens": st.tokens}
+        print(f"dense statistics for compensation: {st.seconds:.1f} s, peak {st.peak_mb:.0f} MB", flush=True)
+    else:
+        st = None
     rows = []
     for ratio in args.ratios:
         for policy in args.policies:
@@ -94,6 +107,14 @@ def main() -> None:
                 (back, _), row["load_s"] = timed(load_pruned, Path(d) / "m")
                 x = heldout[:2]
                 row["reload_identical"] = bool(torch.equal(pruned(x).logits, back(x).logits))
+            for c in comps:
+                fitted = prune_model(copy.deepcopy(model), plan)
+                info = compensate(model, fitted, wb.compensation_tokens, c, pp.damping, params.js.batch_size,
+                                  pp.compensation_inputs, st)
+                row[f"{c}_s"], row[f"{c}_peak_mb"] = info["seconds"], info["peak_mb"]
+                row[f"{c}_js"] = js_divergence(ref, fitted, heldout, params.js.batch_size)
+                row[f"{c}_ppl_valid"] = perplexity(fitted, valid, ev.seqlen, ev.batch_size, ev.max_windows)
+                del fitted
             row.update(speed(pruned, tok))
             row["params"] = sum(p.numel() for p in pruned.parameters())
             rows.append(row)
@@ -118,6 +139,16 @@ def main() -> None:
                      f"{r['js']:.4f} | {r['plan_ms']:.1f} | {r['mask_ms']:.2f} | {r['prune_s']:.2f} | {r['js_s']:.1f} | "
                      f"{r['ppl_s']:.0f} | {r['reload_identical']} | {r['prefill_tok_s']:.0f} | "
                      f"{r['generate_tok_s']:.1f} | {r['weights_mb']:.0f} | {r['peak_mem_mb']:.0f} |")
+    if comps:
+        cs = res.get("compensation_statistics")
+        lines += ["", f"Compensation ({pp.compensation_inputs} inputs, {wb.compensation_tokens.numel():,} calibration "
+                  "tokens" + (f"; the dense statistics once: {cs['seconds']:.1f} s, peak {cs['peak_mb']:.0f} MB" if cs else "")
+                  + "): seconds added per plan, and the valid perplexity / JS after it", "",
+                  "| ratio | policy | none ppl | " + " | ".join(f"{c} s | {c} ppl | {c} JS" for c in comps) + " |",
+                  "|---|---|---|" + "---|---|---|" * len(comps)]
+        for r in rows:
+            lines.append(f"| {r['ratio']:.2f} | {r['policy']} | {r['ppl_valid']:.2f} | "
+                         + " | ".join(f"{r[c + '_s']:.2f} | {r[c + '_ppl_valid']:.2f} | {r[c + '_js']:.4f}" for c in comps) + " |")
     write_text_atomic(out / "engine.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

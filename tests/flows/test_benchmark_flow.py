@@ -34,8 +34,9 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
     df = pd.read_csv(bench_project / "results" / "benchmark.csv")
     assert COLUMNS <= set(df.columns)
     assert (df.ppl_test_ci_lo <= df.ppl_test + 1e-6).all() and (df.ppl_test <= df.ppl_test_ci_hi + 1e-6).all()
-    others = df[~df.method.isin(["ppf", "dense"])]
+    others = df[~df.method.isin(["ppf", "dense"])]  # each compared with PPF in its own setting (configured / none)
     assert others.ppf_vs_ci_lo.notna().all() and (others.ppf_vs_ci_lo <= others.ppf_vs_ci_hi).all()
+    assert set(others.compensation) == {"lsq", "mean", "none"}
     assert df[df.method == "ppf"].ppf_vs_pct.isna().all()
     assert (df[df.method == "dense"].js_test == 0).all() and (df[df.method != "dense"].js_test > 0).all()
     windows = pd.read_csv(bench_project / "results" / "benchmark_windows.csv")
@@ -45,7 +46,7 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
     assert code == 0 and "PPF vs the best re-run baseline" in out and "models/pruned/ppf-0.34" in out
     assert any(v in out for v in ("win", "loss", "tie")) and "next:" in out
     assert set(df.method) == {"dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf"}
-    assert len(df) == 7 and (df[df.method == "dense"].actual_ratio == 0).all()
+    assert len(df) == 1 + 2 * 6 and (df[df.method == "dense"].actual_ratio == 0).all()  # with and without compensation
     width = df[df.method.isin(["llm_pruner", "owl", "alpha", "ppf"])]
     assert ((width.actual_ratio - 0.34).abs() <= 0.02 + 1e-9).all()
     assert df[df.method == "shortgpt"].actual_ratio.iloc[0] == pytest.approx(1 / 3, abs=1e-3)  # 1 of 3 layers
@@ -61,7 +62,7 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
     from ppf import tracking
 
     model, tok = tracking.load_registered_pruned(bench_project, "ppf-pruned-0.34")
-    assert sum(p.numel() for p in model.parameters()) == df[df.method == "ppf"].params.iloc[0]
+    assert sum(p.numel() for p in model.parameters()) == df[(df.method == "ppf") & (df.compensation == "lsq")].params.iloc[0]
 
     # a rerun takes every cell from the cache: no model is built again
     import ppf.benchmark as B
@@ -98,9 +99,10 @@ def test_ppf_benchmark_command_resumes_from_finished_cells(bench_project, monkey
     assert exc.value.code == 130 and not (bench_project / "mine.csv").exists()
     monkeypatch.setattr(B, "evaluate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     main()
-    assert len(calls) == 3  # owl came from the cache; only shortgpt was evaluated again
+    assert len(calls) == 2 + 3  # (owl, lsq) came from the cache; (owl, none) and shortgpt's two were evaluated
     df = pd.read_csv(bench_project / "mine.csv")
-    assert list(df.method) == ["owl", "shortgpt"] and "owl" in capsys.readouterr().out
+    assert list(zip(df.method, df.compensation)) == [("owl", "lsq"), ("owl", "none"), ("shortgpt", "mean"), ("shortgpt", "none")]
+    assert "owl" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", argv[:3] + [model, "--methods", "owl,magic"])
     with pytest.raises(SystemExit) as exc:
         main()

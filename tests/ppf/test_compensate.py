@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from ppf.compensate import compensate
+from ppf.compensate import compensate, compensate_blocks, dense_statistics
 from ppf.errors import PPFError
 from ppf.plan import DenseShape, PruningPlan
 from ppf.policy import plan_for
@@ -61,26 +61,28 @@ def test_bias_is_exact_when_the_removed_inputs_are_constant():
     assert torch.allclose(captured[("dense", 0)], captured[("pruned", 0)], atol=1e-5)
 
 
+@pytest.mark.parametrize("inputs", ["dense", "sequential"])
 @pytest.mark.parametrize("kv", [4, 2])
-def test_lsq_lowers_the_calibration_error_of_every_projection(kv):
+def test_lsq_lowers_the_calibration_error_of_every_projection(kv, inputs):
     model, _ = make_llama(4, kv)
     pruned, _ = _pruned(model)
-    stats = compensate(model, pruned, _calib(8), "lsq", damping=0.01)
+    stats = compensate(model, pruned, _calib(8), "lsq", damping=0.01, inputs=inputs)
     assert stats["layers"] == 3 and {p["proj"] for p in stats["projections"]} == {"o_proj", "down_proj"}
     for p in stats["projections"]:
         assert p["error"] < p["error_none"], p
     assert stats["seconds"] > 0 and stats["tokens"] == 8 * 16
 
 
+@pytest.mark.parametrize("inputs", ["dense", "sequential"])
 @pytest.mark.parametrize("method", ["lsq"])
-def test_compensation_brings_the_outputs_closer_to_dense(method):
+def test_compensation_brings_the_outputs_closer_to_dense(method, inputs):
     from ppf.metrics import js_divergence
 
     model, _ = make_llama(4, 2, layers=3, seed=1)
     pruned, _ = _pruned(model, 0.5)
     held = _calib(4, seed=9)
     js_none = js_divergence(model, pruned, held)
-    compensate(model, pruned, _calib(16, seed=3), method)
+    compensate(model, pruned, _calib(16, seed=3), method, inputs=inputs)
     assert js_divergence(model, pruned, held) < js_none
 
 
@@ -93,6 +95,68 @@ def test_bad_input_is_one_clear_error():
         compensate(model, pruned, _calib(), "lsq", damping=0)
     with pytest.raises(PPFError, match="carries no pruning plan"):
         compensate(model, copy.deepcopy(model), _calib(), "bias")
+    with pytest.raises(PPFError, match="unknown compensation inputs 'both'"):
+        compensate(model, pruned, _calib(), "lsq", inputs="both")
+    with pytest.raises(PPFError, match="unknown block compensation 'median'"):
+        compensate_blocks(pruned, dense_statistics(model, _calib()), "median")
+    assert pruned.model.layers[0].self_attn.o_proj.bias is None  # nothing was changed by the refused calls
+
+
+@pytest.mark.parametrize("method", ["bias", "lsq"])
+def test_shared_dense_statistics_give_the_same_model_as_gathering_them_per_plan(method):
+    model, _ = make_llama(4, 2)
+    x = _calib(8)
+    shared = dense_statistics(model, x, gram=True)
+    a, _ = _pruned(model)
+    b, _ = _pruned(model)
+    compensate(model, a, x, method, statistics=shared)
+    compensate(model, b, x, method)
+    assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_the_workbench_gathers_the_dense_statistics_once(monkeypatch):
+    import ppf.workbench as W
+    from ppf.config import parse_params
+
+    model, tok = make_llama(4, 2)
+    calls = []
+    real = W.dense_statistics
+    monkeypatch.setattr(W, "dense_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    params = parse_params({"calibration": {"n_samples": 6, "seqlen": 16}, "pruning": {"compensation": "lsq"}})
+    wb = W.Workbench.of(model, tok, params, _calib(6), _calib(2, seed=4))
+    plan = wb.planner.plan(W.Policy.parse("lod:0.2"), 0.3)
+    first, second = wb.pruned(plan), wb.pruned(plan)
+    assert len(calls) == 1 and first.ppf_compensation["statistics_s"] > 0 == second.ppf_compensation["statistics_s"]
+    assert torch.equal(first(_calib(1)).logits, second(_calib(1)).logits)
+
+
+@pytest.mark.parametrize("kv", [4, 2])
+def test_removed_blocks_add_their_dense_mean_output(kv):
+    """drop_blocks + mean: every removed block adds its dense mean output where it stood; a removed whole
+    layer's (folded into the kept layer before it) gives exactly the model that keeps the layer as constants."""
+    from ppf.depth import NoAttention, NoMLP, drop_blocks
+
+    model, _ = make_llama(4, kv, layers=4)
+    x = _calib(4)
+    st = dense_statistics(model, x, gram=False)
+    pruned = drop_blocks(copy.deepcopy(model), attention=[1, 2], mlp=[2, 3])  # layer 2 goes whole
+    out = compensate_blocks(pruned, st, "mean")
+    assert out["blocks"] == 4 and out["skipped"] == 0
+    reference = copy.deepcopy(model)
+    for i, (attn, mlp) in enumerate([(False, False), (True, False), (True, True), (False, True)]):
+        layer = reference.model.layers[i]
+        if attn:
+            layer.self_attn = NoAttention(i, layer.self_attn.head_dim)
+            layer.self_attn.set_shift(st.attention_out[i])
+        if mlp:
+            layer.mlp = NoMLP()
+            layer.mlp.set_shift(st.mlp_out[i])
+    with torch.no_grad():
+        got, want = pruned(x[:2]).logits, reference(x[:2]).logits
+        zero = drop_blocks(copy.deepcopy(model), attention=[1, 2], mlp=[2, 3])(x[:2]).logits
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, zero, atol=1e-3)
+    stand_in = pruned.model.layers[1].self_attn(torch.zeros(1, 3, 64))[0]  # layer 1's removed attention
+    assert torch.allclose(stand_in, st.attention_out[1].float().expand(1, 3, 64), atol=1e-6)
 
 
 @pytest.mark.parametrize("kv", [4, 2])

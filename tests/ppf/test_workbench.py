@@ -27,7 +27,7 @@ def test_public_api_load_plan_prune_save_load(kv, tmp_path):
     back, _ = ppf.load_pruned(tmp_path / "m")
     x = heldout[:1]
     assert torch.equal(back(x).logits, pruned(x).logits)
-    assert wb.judge(plan)["js"] == pytest.approx(wb.js(pruned))
+    assert wb.judge(plan)["js"] == pytest.approx(wb.js(wb.pruned(plan)))  # judged as configured (lsq)
 
 
 def test_unknown_public_name():
@@ -66,10 +66,14 @@ def test_the_configured_compensation_is_applied_and_reported_and_the_benchmark_k
     assert lsq.ppf_compensation["method"] == "lsq" and lsq.ppf_compensation["layers"] == 3
     assert none.ppf_compensation["method"] == "none" and none.model.layers[0].mlp.down_proj.bias is None
     assert wb.judge(plan)["compensation"] == "lsq"
-    cells = B.cells(["dense", "owl", "shortgpt"], [0.4], "lsq")
+    cells = B.cells(["dense", "owl", "shortgpt"], [0.4], params.pruning)
     assert cells == [("dense", 0.0, "none"), ("owl", 0.4, "lsq"), ("owl", 0.4, "none"), ("shortgpt", 0.4, "none")]
+    mean = parse_params({"pruning": {"removed_blocks": "mean"}}).pruning
+    assert B.cells(["shortgpt"], [0.4], mean) == [("shortgpt", 0.4, "mean"), ("shortgpt", 0.4, "none")]
     _, info = B.build(wb, "llm_pruner", 0.4)
     assert info["compensation"] == "lsq" and info["compensation_s"] > 0
+    depth, info = B.build(wb, "shortgpt", 0.4, compensation="mean")
+    assert info["compensation"] == "mean" and depth.ppf_compensation["blocks"] > 0
     with pytest.raises(Exception, match="compensation"):
         parse_params({"pruning": {"compensation": "ols"}})
     with pytest.raises(Exception, match="damping"):
