@@ -70,7 +70,7 @@ def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
     out["js_test"] = 0.0 if model is wb.model else js_divergence(wb.model, model, js_tokens, ev.batch_size)
     if b.extra_corpus:
         out["ppl_extra"] = wb.perplexity(model, b.extra_corpus, b.max_windows)
-    zs = zero_shot(model, wb.tokenizer, wb.root / "data" / "tasks", limit=b.zero_shot_limit,
+    zs = zero_shot(model, wb.tokenizer, wb.root / "data" / "tasks", limit=b.zero_shot_limit, registry=wb.params.tasks.lm_eval,
                    batch_size=max(ev.batch_size, 8))
     for task, r in zs.items():
         out[f"zs_{task}"] = r["acc"]

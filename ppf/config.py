@@ -132,6 +132,9 @@ class CollectParams(Section):
 
 class TasksParams(Section):
     names: list[str] = ["goal_step_wikihow", "social_iqa", "hyperbaton"]
+    lm_eval: list[str] = Field(default_factory=list, description="lm-eval registry tasks scored beside the local ones "
+                               "(their datasets from the local HF cache or the hub), e.g. the paper's boolq, rte, "
+                               "hellaswag, winogrande, arc_easy, arc_challenge, openbookqa")
     limit: int | None = Field(500, gt=0, description="examples per task (None = all)")
     seed: int = 0
 

@@ -68,27 +68,86 @@ def available_tasks(tasks_dir: Path) -> list[str]:
     return sorted(p.stem for p in Path(tasks_dir).glob("*.yaml"))
 
 
+# The paper's zero-shot suite, by lm-eval's own task names (``tasks.lm_eval``; the `paper` profile).
+PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(dataset: str) -> bool:
+    """Whether ``dataset`` (a hub id) is in the local Hugging Face hub or datasets cache."""
+    from datasets import config
+    from huggingface_hub import constants
+
+    hub = Path(constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}"
+    return hub.is_dir() or (Path(config.HF_DATASETS_CACHE) / dataset.replace("/", "___")).is_dir()
+
+
+def check_registry_tasks(names: list[str] | tuple[str, ...], manager=None) -> dict[str, str | None]:
+    """{name: its hub dataset} for lm-eval registry tasks, after checking that lm-eval knows each one
+    and that its dataset is in the local Hugging Face cache or the hub is reachable; otherwise ONE
+    PPFError naming the task, the dataset and the fix (never a wait on the network)."""
+    if not names:
+        return {}
+    if manager is None:
+        from lm_eval.tasks import TaskManager
+
+        manager = TaskManager()
+    out, reachable = {}, None
+    for name in names:
+        entry = manager.task_index.get(name)
+        if entry is None:
+            raise PPFError(f"lm-eval has no task {name!r} (tasks.lm_eval); the paper's suite is "
+                           f"{', '.join(PAPER_TASKS)}")
+        dataset = (getattr(entry, "cfg", None) or {}).get("dataset_path")
+        if dataset and not Path(dataset).exists() and not _in_hf_cache(dataset):
+            reachable = _hub_reachable() if reachable is None else reachable
+            if not reachable:
+                sub = (entry.cfg or {}).get("dataset_name")
+                raise PPFError(f"lm-eval task {name!r} needs the dataset '{dataset}'" + (f" ({sub})" if sub else "")
+                               + " which is not in the local Hugging Face cache and the hub is unreachable; on a "
+                               f"connected machine run python -c \"import datasets; datasets.load_dataset('{dataset}'"
+                               + (f", '{sub}'" if sub else "") + ")\" and copy ~/.cache/huggingface here, "
+                               "or take it out of tasks.lm_eval")
+        out[name] = dataset
+    return out
+
+
+def _metric(r: dict, key: str) -> float:
+    return float(r[key]) if key in r and r[key] is not None else float("nan")
+
+
 def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
-              limit: int | None = None, batch_size: int = 16) -> dict:
+              limit: int | None = None, batch_size: int = 16, registry: list[str] | tuple[str, ...] = ()) -> dict:
     """``{task: {"acc", "acc_norm", "n"}, ..., "mean": {"acc", "acc_norm"}}`` for the model.
 
     ``names`` defaults to every task in ``tasks_dir``; ``limit`` takes the first ``limit``
-    examples of each (the JSONL is already a seeded subsample). The mean is unweighted over
-    tasks, so a large task does not drown the others. lm-eval's own seeding is switched off so
-    the caller's global RNG state is left alone; zero-shot scoring uses no randomness.
+    examples of each (the JSONL is already a seeded subsample). ``registry`` adds lm-eval's own
+    tasks by name (e.g. :data:`PAPER_TASKS`), checked first by :func:`check_registry_tasks`; a task
+    without ``acc_norm`` reports its ``acc`` there. The mean is unweighted over tasks, so a large
+    task does not drown the others. lm-eval's own seeding is switched off so the caller's global RNG
+    state is left alone; zero-shot scoring uses no randomness.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks_dir = Path(tasks_dir)
-    built = available_tasks(tasks_dir)
+    built = available_tasks(tasks_dir) if tasks_dir.is_dir() else []
     names = built if names is None else list(names)
     for name in names:
         if name not in built:
             raise PPFError(f"task {name!r} is not built in {str(tasks_dir)!r} (built: "
                            f"{', '.join(built) or 'none'}); build it first or fix tasks.names")
-    if not names:
+    if not names and not registry:
         raise PPFError(f"no tasks built in {str(tasks_dir)!r}; run the data stage first")
     if limit is not None and limit < 1:
         raise PPFError(f"evaluation limit = {limit!r} must be a positive number of examples "
@@ -97,12 +156,13 @@ def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
     model.eval()
     try:
         with tempfile.TemporaryDirectory(prefix="ppf-lm-eval-") as work, _quiet():
-            include = lm_eval_include_dir(tasks_dir, Path(work))
-            manager = TaskManager(include_path=str(include), include_defaults=False)
+            include = lm_eval_include_dir(tasks_dir, Path(work)) if names else None
+            manager = TaskManager(include_path=str(include) if include else None, include_defaults=bool(registry))
+            check_registry_tasks(list(registry), manager)
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             lm.loglikelihood = partial(lm.loglikelihood, disable_tqdm=True)
             out = lm_eval.simple_evaluate(
-                model=lm, tasks=[f"ppf_{n}" for n in names], task_manager=manager, limit=limit,
+                model=lm, tasks=[f"ppf_{n}" for n in names] + list(registry), task_manager=manager, limit=limit,
                 num_fewshot=0, bootstrap_iters=1,  # 1: closed-form standard errors of the means, no resampling
                 log_samples=False, random_seed=None,
                 numpy_random_seed=None, torch_random_seed=None, fewshot_random_seed=None,
@@ -110,14 +170,17 @@ def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
     finally:
         model.train(was_training)
     results: dict = {}
-    for name in names:
-        r = out["results"][f"ppf_{name}"]
-        results[name] = {"acc": float(r["acc,none"]), "acc_norm": float(r["acc_norm,none"]),
-                         "acc_stderr": float(r["acc_stderr,none"]), "acc_norm_stderr": float(r["acc_norm_stderr,none"]),
-                         "n": int(out["n-samples"][f"ppf_{name}"]["effective"])}
-    results["mean"] = {m: statistics.fmean(results[n][m] for n in names) for m in ("acc", "acc_norm")}
+    for name, key in [(n, f"ppf_{n}") for n in names] + [(n, n) for n in registry]:
+        r = out["results"][key]
+        acc, se = _metric(r, "acc,none"), _metric(r, "acc_stderr,none")
+        norm, norm_se = _metric(r, "acc_norm,none"), _metric(r, "acc_norm_stderr,none")
+        results[name] = {"acc": acc, "acc_norm": acc if math.isnan(norm) else norm, "acc_stderr": se,
+                         "acc_norm_stderr": se if math.isnan(norm) else norm_se,
+                         "n": int(out["n-samples"][key]["effective"])}
+    every = [*names, *registry]
+    results["mean"] = {m: statistics.fmean(results[n][m] for n in every) for m in ("acc", "acc_norm")}
     # the unweighted mean of independent task means: its standard error
-    results["mean"] |= {f"{m}_stderr": math.sqrt(sum(results[n][f"{m}_stderr"] ** 2 for n in names)) / len(names)
+    results["mean"] |= {f"{m}_stderr": math.sqrt(sum(results[n][f"{m}_stderr"] ** 2 for n in every)) / len(every)
                         for m in ("acc", "acc_norm")}
     return results
 
@@ -151,7 +214,8 @@ def evaluate_model(model_ref: str, root: Path, params, splits: list[str] = ("val
         del dense
     if zero_shot_tasks:
         result["zero_shot"] = zero_shot(model, tokenizer, Path(root) / "data" / "tasks",
-                                        limit=ev.zero_shot_limit, batch_size=max(ev.batch_size, 8))
+                                        limit=ev.zero_shot_limit, batch_size=max(ev.batch_size, 8),
+                                        registry=params.tasks.lm_eval)
     result["seconds"] = time.perf_counter() - start
     return result
 

@@ -85,3 +85,41 @@ def test_speed_reports_throughput_and_memory():
 
     out, peak = peak_memory_during(lambda: torch.ones(64, 2**20).sum())  # a 256 MB temporary
     assert out.item() == 64 * 2**20 and peak > 100
+
+
+# ---- lm-eval's own registry tasks (tasks.lm_eval) ----------------------------------------------------
+def test_registry_tasks_are_checked_before_anything_runs(tmp_path, monkeypatch):
+    """An unknown name, or a dataset neither cached nor reachable: one clear error naming it, at once."""
+    import time
+    from types import SimpleNamespace
+
+    from ppf import evaluate as E
+    from ppf.errors import PPFError
+
+    manager = SimpleNamespace(task_index={"boolq": SimpleNamespace(cfg={"dataset_path": "aps/super_glue",
+                                                                         "dataset_name": "boolq"})})
+    with pytest.raises(PPFError, match="lm-eval has no task 'bolq'.*boolq, rte"):
+        E.check_registry_tasks(["bolq"], manager)
+    monkeypatch.setattr(E, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(E, "_in_hf_cache", lambda dataset: False)
+    t = time.perf_counter()
+    with pytest.raises(PPFError, match=r"needs the dataset 'aps/super_glue' \(boolq\).*not in the local Hugging Face cache"):
+        E.check_registry_tasks(["boolq"], manager)
+    assert time.perf_counter() - t < 1
+    monkeypatch.setattr(E, "_in_hf_cache", lambda dataset: dataset == "aps/super_glue")
+    assert E.check_registry_tasks(["boolq"], manager) == {"boolq": "aps/super_glue"}
+
+
+def test_the_paper_suite_is_in_lm_evals_registry_and_refused_cleanly_offline(monkeypatch, tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    from ppf import evaluate as E
+    from ppf.errors import PPFError
+
+    manager = TaskManager()
+    monkeypatch.setattr(E, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(E, "_in_hf_cache", lambda dataset: False)
+    for name in E.PAPER_TASKS:
+        with pytest.raises(PPFError, match=f"lm-eval task '{name}' needs the dataset '"):
+            E.check_registry_tasks([name], manager)

@@ -67,9 +67,10 @@ def test_the_configured_compensation_is_applied_and_reported_and_the_benchmark_k
     assert none.ppf_compensation["method"] == "none" and none.model.layers[0].mlp.down_proj.bias is None
     assert wb.judge(plan)["compensation"] == "lsq"
     cells = B.cells(["dense", "owl", "shortgpt"], [0.4], params.pruning)
-    assert cells == [("dense", 0.0, "none"), ("owl", 0.4, "lsq"), ("owl", 0.4, "none"), ("shortgpt", 0.4, "none")]
-    mean = parse_params({"pruning": {"removed_blocks": "mean"}}).pruning
-    assert B.cells(["shortgpt"], [0.4], mean) == [("shortgpt", 0.4, "mean"), ("shortgpt", 0.4, "none")]
+    assert cells == [("dense", 0.0, "none"), ("owl", 0.4, "lsq"), ("owl", 0.4, "none"), ("shortgpt", 0.4, "mean"),
+                     ("shortgpt", 0.4, "none")]
+    zero = parse_params({"pruning": {"removed_blocks": "none"}}).pruning
+    assert B.cells(["shortgpt"], [0.4], zero) == [("shortgpt", 0.4, "none")]
     _, info = B.build(wb, "llm_pruner", 0.4)
     assert info["compensation"] == "lsq" and info["compensation_s"] > 0
     depth, info = B.build(wb, "shortgpt", 0.4, compensation="mean")
