@@ -151,11 +151,17 @@ def eval_(model: ModelOpt = "smollm2-135m",
           params: ParamsOpt = Path("params.yaml"),
           splits: Annotated[str, typer.Option(help="comma-separated corpus splits")] = "valid,test",
           zero_shot: Annotated[bool, typer.Option("--zero-shot/--no-zero-shot", help="also run the lm-eval tasks")] = False,
+          gguf: Annotated[Path | None, typer.Option("--gguf", help="evaluate this GGUF in llama.cpp instead "
+                                                    "(perplexity on the same windows, tokenized by --model's tokenizer, "
+                                                    "and generation tokens/s; needs ppf[gguf])")] = None,
+          threads: Annotated[int | None, typer.Option(help="llama.cpp threads for --gguf (default: all cores)")] = None,
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Perplexity (valid/test), JS vs --base and zero-shot accuracy of a model or pruned checkpoint."""
     from ppf.evaluate import evaluate_model
 
     p, root = _project(params)
+    if gguf is not None:
+        return _eval_gguf(gguf, model, p, root, splits, threads, as_json, zero_shot, base)
     with err.status(f"evaluating {model}"):
         result = evaluate_model(model, root, p, splits=[s.strip() for s in splits.split(",") if s.strip()],
                                 zero_shot_tasks=zero_shot, base=base)
@@ -174,6 +180,73 @@ def eval_(model: ModelOpt = "smollm2-135m",
         table.add_row(f"{label} acc / acc_norm", f"{v['acc']:.4f} / {v['acc_norm']:.4f}")
     table.add_row("seconds", f"{result['seconds']:.1f}")
     console.print(table)
+
+
+def _eval_gguf(gguf: Path, model: str, p, root: Path, splits: str, threads: int | None, as_json: bool,
+               zero_shot: bool, base: str | None) -> None:
+    from ppf.export.runtime import evaluate_gguf, load_tokenizer
+
+    if zero_shot or base:
+        raise PPFError("--gguf measures perplexity and speed only; drop --zero-shot / --base")
+    if threads is not None and threads < 1:
+        raise PPFError(f"--threads {threads} must be >= 1")
+    tokenizer = load_tokenizer(model)
+    with err.status(f"evaluating {gguf} in llama.cpp"):
+        result = evaluate_gguf(gguf, tokenizer, root / "data" / "corpus",
+                               [s.strip() for s in splits.split(",") if s.strip()],
+                               p.eval.seqlen, p.eval.max_windows, n_threads=threads)
+    result["tokenizer"] = model
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table(title=f"{gguf} (llama.cpp, {result['threads']} threads)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for split, v in result["perplexity"].items():
+        table.add_row(f"perplexity ({split}, seqlen {p.eval.seqlen}, {v['tokens']:,} tokens)", f"{v['ppl']:.3f}")
+    g = result["generation"]
+    table.add_row(f"generation tok/s (batch 1, {g['new_tokens']} tokens; best / median)",
+                  f"{g['tok_s']:.1f} / {g['median_tok_s']:.1f}")
+    if result.get("tokenizer_agreement") is not None:
+        table.add_row(f"llama.cpp tokenizer = {model}'s", f"{100 * result['tokenizer_agreement']:.1f} %")
+    table.add_row("seconds", f"{result['seconds']:.1f}")
+    console.print(table)
+
+
+@app.command()
+def export(model: Annotated[str, typer.Argument(help="a ppf checkpoint directory, an embedded model name "
+                                                      "(smollm2-135m) or a transformers model directory")],
+           gguf: Annotated[Path, typer.Option("--gguf", help="the GGUF file to write (for llama.cpp)")],
+           type_: Annotated[str, typer.Option("--type", help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1, "
+                                                           "or with ppf[gguf]: q4_k_m | q5_k_m | q6_k | ...")] = "f16",
+           tokenizer: Annotated[str, typer.Option(help="auto (the base model's) | hf | none (token ids only) | gguf:PATH")] = "auto",
+           tokenizer_pre: Annotated[str | None, typer.Option(help="llama.cpp pre-tokenizer name for an hf BPE tokenizer")] = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Export a pruned checkpoint (or a base model) to GGUF for llama.cpp: per-layer heads and MLP widths
+    (arch deci), the base model's tokenizer and chat template."""
+    from ppf.export.gguf import export_gguf
+
+    with err.status(f"exporting {model} to {gguf}"):
+        report = export_gguf(model, gguf, type_, tokenizer=tokenizer, tokenizer_pre=tokenizer_pre)
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    table = _field_table(f"{model} -> {gguf}")
+    table.add_row("type", report["type"])
+    table.add_row("size", f"{report['bytes'] / 2**20:.1f} MiB")
+    table.add_row("layers", str(report["layers"]))
+    table.add_row("heads per layer", " ".join(map(str, report["heads"])))
+    table.add_row("KV heads per layer", " ".join(map(str, report["kv_heads"])))
+    table.add_row("MLP per layer", " ".join(map(str, report["kept_ffn"])))
+    if report["ffn"] != report["kept_ffn"]:
+        table.add_row("MLP as written (zero-padded)", " ".join(map(str, report["ffn"])))
+    if report["f16_fallback"]:
+        table.add_row("kept f16 (rows not whole blocks)", str(len(report["f16_fallback"])))
+    table.add_row("tokenizer", report["tokenizer"])
+    table.add_row("seconds", f"{report['seconds']:.1f}")
+    console.print(table)
+    for note in report["notes"]:
+        err.print(f"[bold yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
 @app.command()

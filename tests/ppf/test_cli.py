@@ -126,7 +126,9 @@ def test_pruning_a_pruned_checkpoint_is_refused(project, tiny_model_dir, capsys)
     (["prune", "--ratio", "abc"], "--ratio"),
     (["nosuchcmd"], "nosuchcmd"),
     (["prune", "--no-such-option"], "--no-such-option"),
-    (["eval", "--splits"], "--splits"),
+    (["export"], "model"),
+    (["export", "somewhere"], "--gguf"),
+    (["eval", "--threads", "two"], "--threads"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(capsys, argv, needle):
     code, out, err = run(argv, capsys)
@@ -142,3 +144,19 @@ def test_prune_without_out_says_nothing_was_saved(project, tiny_model_dir, capsy
     assert code == 0 and json.loads(stdout)["out"] is None and "nothing saved" in err
     code, _, err = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--out", str(project / "p")], capsys)
     assert code == 0 and "nothing saved" not in err
+
+
+def test_export_writes_a_gguf_and_eval_gguf_needs_the_extra(project, tiny_model_dir, capsys, monkeypatch):
+    out = project / "pruned"
+    assert run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.4", "--out", str(out)], capsys)[0] == 0
+    gguf_file = project / "tiny.gguf"
+    code, stdout, err = run(["export", str(out), "--gguf", str(gguf_file), "--tokenizer", "none", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert gguf_file.is_file() and report["arch"] == "deci" and report["bytes"] == gguf_file.stat().st_size
+    # the tiny word-level tokenizer has no GGUF form: a clear error, nothing written
+    code, _, err = run(["export", str(out), "--gguf", str(project / "t2.gguf")], capsys)
+    assert code == 2 and "tokenizer" in err and err.strip().count("\n") == 0 and not (project / "t2.gguf").exists()
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if ppf[gguf] were not installed
+    code, _, err = run(["eval", "--model", str(out), "--gguf", str(gguf_file)], capsys)
+    assert code == 2 and "pip install 'ppf[gguf]'" in err and err.strip().count("\n") == 0
