@@ -7,11 +7,11 @@ For the dense model and ppf-pruned checkpoints (default: lod:0.2 at 20/40/50 %) 
 * batch-1 greedy generation tokens/s in llama.cpp, all GGUFs in ONE process, interleaved round
   by round (so a noisy neighbour slows every model alike), best and median of ``--repeats``,
 
-and writes a markdown table (default benchmarks/results/gguf.md). Needs the ``ppf[gguf]`` extra
+and writes a markdown table (default studies/results/gguf.md). Needs the ``ppf[gguf]`` extra
 and a prepared corpus (``dvc repro prepare``). Missing checkpoints are pruned with ``ppf prune``.
 
-    python benchmarks/gguf_runtime.py --windows 8 --threads 2
-    python benchmarks/gguf_runtime.py --checkpoint 0.4=/tmp/ppf40 --ratios 0.4
+    python studies/gguf_runtime.py --windows 8 --threads 2
+    python studies/gguf_runtime.py --checkpoint 0.4=/tmp/ppf40 --ratios 0.4
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--work", type=Path, default=None, help="where checkpoints and GGUFs go (default: a temp dir)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gguf.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "studies" / "results" / "gguf.md")
     return ap.parse_args(argv)
 
 

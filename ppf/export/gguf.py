@@ -641,7 +641,15 @@ def _write_llama_quantized(m: GGUFModel, out: Path, qtype: str, tokenizer: Token
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = LLAMA_TYPES[qtype]
         params.nthread = max(1, min(4, os.cpu_count() or 1))
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+        try:  # llama.cpp logs every tensor to stderr; keep the CLI quiet
+            from llama_cpp._utils import suppress_stdout_stderr
+        except ImportError:  # pragma: no cover - another llama-cpp-python layout
+            from contextlib import nullcontext
+
+            def suppress_stdout_stderr(disable: bool = False):
+                return nullcontext()
+        with suppress_stdout_stderr(disable=False):
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
         if rc != 0 or not dst.is_file():
             raise PPFError(f"llama.cpp could not quantize the model to {qtype} (llama_model_quantize returned {rc})")
         dst.chmod(0o644)

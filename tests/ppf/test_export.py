@@ -346,3 +346,14 @@ def test_hf_bpe_tokenizer_is_converted(tmp_path: Path):
         assert llm.metadata["tokenizer.ggml.pre"] == "gpt-2" and "tokenizer.chat_template" in llm.metadata
     finally:
         llm.close()
+
+
+def test_k_quants_go_through_llama_cpp(tmp_path: Path):
+    _llama_cpp()
+    model, tok = _pruned()
+    report = G.write_gguf(G.from_torch(model), tmp_path / "k.gguf", "q4_k_m")
+    assert report["type"] == "q4_k_m" and report["bytes"] == (tmp_path / "k.gguf").stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == ["k.gguf"]  # the f32 intermediate is gone
+    ids = _ids(tok)
+    ref, got = _torch_logits(model, ids), _gguf_logits(tmp_path / "k.gguf", ids)
+    assert np.isfinite(got).all() and (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.7
