@@ -668,8 +668,8 @@ def load_for_export(model_ref: str | os.PathLike) -> tuple[torch.nn.Module, Any,
     if path.is_dir() and any((path / f).exists() for f in ppf_files) and str(model_ref) not in models.EMBEDDED:
         model, tok = checkpoint.load_pruned(path)  # a malformed checkpoint raises a one-line PPFError
         try:
-            base = str(checkpoint.read_meta(path).get("base") or path.name)
-        except PPFError:
+            base = str(json.loads((path / checkpoint.META).read_text(encoding="utf-8")).get("base") or path.name)
+        except (OSError, ValueError, AttributeError):
             base = path.name
         return model, tok, base, path
     if not path.exists() and str(model_ref) not in models.EMBEDDED:

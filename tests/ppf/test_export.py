@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from ppf.checkpoint import load_pruned, save_pruned
+from ppf.errors import PPFError
 from ppf.plan import PruningPlan
 from ppf.prune import prune_model
 from tiny import make_llama, make_text, random_plan
@@ -169,6 +170,23 @@ def test_gguf_next_token_logits_match_pytorch(tmp_path: Path, n_heads, n_kv, mod
     if qtype == "q8_0":  # MLPs padded with zero channels to whole 32-blocks, so ffn_down quantizes too
         assert all(f % G.PAD_TO == 0 for f in report["ffn"]) and report["ffn"] != report["kept_ffn"]
         assert not any("ffn_down" in n for n in report["f16_fallback"])
+
+
+def test_compensated_checkpoint_exports_its_output_biases(tmp_path: Path):
+    """compensation adds o_proj / down_proj biases Llama has not: they reach llama.cpp as attn_output / ffn_down biases."""
+    _llama_cpp()
+    from ppf.compensate import compensate
+
+    dense, tok = make_llama(4, 2)
+    model = prune_model(make_llama(4, 2)[0], _plan(dense))
+    calib = torch.randint(0, dense.config.vocab_size, (4, 16))
+    compensate(dense, model, calib, "lsq", 0.01)
+    assert any(layer.self_attn.o_proj.bias is not None for layer in model.model.layers)
+    ck = save_pruned(model, tok, tmp_path / "ck", base="tiny")
+    G.export_gguf(ck, tmp_path / "m.gguf", "f32", tokenizer="none")
+    ids = _ids(tok)
+    ref, got = _torch_logits(model, ids), _gguf_logits(tmp_path / "m.gguf", ids)
+    assert np.abs(got - ref).max() < 2e-3 and (got.argmax(-1) == ref.argmax(-1)).all()
 
 
 @pytest.mark.parametrize("removed", ["attention", "mlp", "both"])
