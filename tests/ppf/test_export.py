@@ -375,3 +375,52 @@ def test_k_quants_go_through_llama_cpp(tmp_path: Path):
     ids = _ids(tok)
     ref, got = _torch_logits(model, ids), _gguf_logits(tmp_path / "k.gguf", ids)
     assert np.isfinite(got).all() and (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.7
+
+
+_LM_EVAL_WITHOUT_PPF = _WITHOUT_PPF.split("import torch\n")[0] + textwrap.dedent("""
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval"] + sys.argv[1:]
+    cli_evaluate()
+    assert not any(m.split(".")[0] == "ppf" for m in sys.modules), "ppf got imported"
+    print("PPF-FREE")
+""")
+
+
+def test_lm_evals_cli_scores_a_local_task_on_a_checkpoint_without_ppf(tmp_path: Path):
+    """`lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True` with the project's kind of
+    task files (--include_path), ppf unimportable: the checkpoint's own remote code is all it needs."""
+    from ppf.compensate import compensate
+
+    dense, tok = make_llama(4, 2)
+    model = prune_model(make_llama(4, 2)[0], _plan(dense))
+    compensate(dense, model, torch.randint(0, dense.config.vocab_size, (4, 16)), "lsq")  # biases travel too
+    ck = save_pruned(model, tok, tmp_path / "ck", base="tiny")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    rows = [{"query": make_text(6, seed=i), "choices": [make_text(2, seed=100 + i), make_text(2, seed=200 + i)], "gold": i % 2}
+            for i in range(6)]
+    (tasks / "mini.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "mini.yaml").write_text(textwrap.dedent("""
+        task: ppf_mini
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: mini.jsonl
+        test_split: test
+        output_type: multiple_choice
+        doc_to_text: query
+        doc_to_choice: choices
+        doc_to_target: gold
+        metric_list:
+        - metric: acc
+    """))
+    script = tmp_path / "lm_eval_without_ppf.py"
+    script.write_text(_LM_EVAL_WITHOUT_PPF)
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(script), "--model", "hf", "--model_args",
+                          f"pretrained={ck},trust_remote_code=True", "--device", "cpu", "--tasks", "ppf_mini",
+                          "--include_path", ".", "--batch_size", "2"],
+                         cwd=tasks, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "PPF-FREE" in out.stdout and "ppf_mini" in out.stdout and "acc" in out.stdout
