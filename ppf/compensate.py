@@ -260,29 +260,31 @@ def _cuts(plan: Any, layer: nn.Module, i: int) -> tuple[torch.Tensor | None, tor
 
 
 def _fitted(i: int, proj: str, dense: nn.Linear, pruned: nn.Linear, kept: torch.Tensor, m: _Moments,
-            method: str, damping: float) -> dict[str, Any]:
-    before = _error(dense, pruned, kept, m)
+            method: str, damping: float, errors: bool) -> dict[str, Any]:
+    """Fit one projection; with ``errors`` also its calibration output error before and after (each a
+    [out, in] x [in, in] product: for SmolLM2 they cost more than the fit itself, so off by default)."""
+    before = _error(dense, pruned, kept, m) if errors else float("nan")
     _fit(dense, pruned, kept, m, method, damping)
-    return {"layer": i, "proj": proj, "error_none": before, "error": _error(dense, pruned, kept, m)}
+    return {"layer": i, "proj": proj, "error_none": before, "error": _error(dense, pruned, kept, m) if errors else float("nan")}
 
 
 def _from_dense(dense: nn.Module, pruned: nn.Module, plan: Any, st: DenseStatistics, method: str,
-                damping: float) -> tuple[int, list[dict]]:
-    errors, layers = [], 0
+                damping: float, errors: bool) -> tuple[int, list[dict]]:
+    fits, layers = [], 0
     for i, (dl, pl) in enumerate(zip(dense.model.layers, pruned.model.layers)):
         heads, channels = _cuts(plan, pl, i)
         if heads is not None:
-            errors.append(_fitted(i, "o_proj", dl.self_attn.o_proj, pl.self_attn.o_proj, heads, st.o_proj[i], method, damping))
+            fits.append(_fitted(i, "o_proj", dl.self_attn.o_proj, pl.self_attn.o_proj, heads, st.o_proj[i], method, damping, errors))
         if channels is not None:
-            errors.append(_fitted(i, "down_proj", dl.mlp.down_proj, pl.mlp.down_proj, channels, st.down_proj[i], method, damping))
+            fits.append(_fitted(i, "down_proj", dl.mlp.down_proj, pl.mlp.down_proj, channels, st.down_proj[i], method, damping, errors))
         layers += int(heads is not None or channels is not None)
-    return layers, errors
+    return layers, fits
 
 
 def _sequential(dense: nn.Module, pruned: nn.Module, plan: Any, calib: torch.Tensor, method: str, damping: float,
-                batch_size: int) -> tuple[int, list[dict]]:
+                batch_size: int, errors: bool) -> tuple[int, list[dict]]:
     batches = _layer_inputs(pruned, calib.long(), batch_size)
-    errors, layers = [], 0
+    fits, layers = [], 0
     for i, (dl, pl) in enumerate(zip(dense.model.layers, pruned.model.layers)):
         heads, channels = _cuts(plan, pl, i)
         if heads is not None:  # the dense o_proj input on THIS layer's (compensated-so-far) input
@@ -291,7 +293,7 @@ def _sequential(dense: nn.Module, pruned: nn.Module, plan: Any, calib: torch.Ten
             for h, kw in batches:
                 _attn(dl, dl.self_attn, h, kw)
             handle.remove()
-            errors.append(_fitted(i, "o_proj", dl.self_attn.o_proj, pl.self_attn.o_proj, heads, m, method, damping))
+            fits.append(_fitted(i, "o_proj", dl.self_attn.o_proj, pl.self_attn.o_proj, heads, m, method, damping, errors))
         mids = [h + _attn(pl, pl.self_attn, h, kw) for h, kw in batches]  # the MLP's input, attention compensated
         if channels is not None:
             m = _Moments(gram=method == "lsq")
@@ -299,22 +301,23 @@ def _sequential(dense: nn.Module, pruned: nn.Module, plan: Any, calib: torch.Ten
             for h2 in mids:
                 dl.mlp(pl.post_attention_layernorm(h2))
             handle.remove()
-            errors.append(_fitted(i, "down_proj", dl.mlp.down_proj, pl.mlp.down_proj, channels, m, method, damping))
+            fits.append(_fitted(i, "down_proj", dl.mlp.down_proj, pl.mlp.down_proj, channels, m, method, damping, errors))
         layers += int(heads is not None or channels is not None)
         batches = [(h2 + pl.mlp(pl.post_attention_layernorm(h2)), kw) for h2, (_, kw) in zip(mids, batches)]
-    return layers, errors
+    return layers, fits
 
 
 @torch.no_grad()
 def compensate(dense: nn.Module, pruned: nn.Module, calib: torch.Tensor, method: str, damping: float = 0.01,
-               batch_size: int = 4, inputs: str = "dense", statistics: DenseStatistics | None = None) -> dict[str, Any]:
+               batch_size: int = 4, inputs: str = "dense", statistics: DenseStatistics | None = None,
+               errors: bool = False) -> dict[str, Any]:
     """Compensate ``pruned`` (a width-pruned copy of ``dense``, carrying its plan) in place.
 
     ``inputs`` says where the statistics come from (module doc); for ``dense``, ``statistics`` (from
     :func:`dense_statistics` on the same ``calib``) are reused if given, else gathered here. Returns
     {method, inputs, seconds (of this plan; the shared statistics' own in ``statistics_s``), layers
-    compensated, calibration tokens, peak memory, per-projection calibration output error before /
-    after (``error_none`` / ``error``)}. ``none`` changes nothing.
+    compensated, calibration tokens, peak memory, per projection its calibration output error before /
+    after (``error_none`` / ``error``; computed only with ``errors``, NaN otherwise)}. ``none`` changes nothing.
     """
     check(method, damping, inputs)
     stats: dict[str, Any] = {"method": method, "inputs": inputs, "seconds": 0.0, "statistics_s": 0.0, "layers": 0,
@@ -332,13 +335,13 @@ def compensate(dense: nn.Module, pruned: nn.Module, calib: torch.Tensor, method:
             if statistics is None or (method == "lsq" and not statistics.has_gram):
                 statistics = dense_statistics(dense, calib, batch_size, gram=method == "lsq")
                 stats["statistics_s"] = statistics.seconds
-            stats["layers"], errors = _from_dense(dense, pruned, plan, statistics, method, damping)
+            stats["layers"], fits = _from_dense(dense, pruned, plan, statistics, method, damping, errors)
         else:
-            stats["layers"], errors = _sequential(dense, pruned, plan, calib, method, damping, batch_size)
+            stats["layers"], fits = _sequential(dense, pruned, plan, calib, method, damping, batch_size, errors)
     finally:
         pruned.train(was[0]), dense.train(was[1])
     stats |= {"seconds": time.perf_counter() - t, "peak_mb": _peak_mb(next(pruned.parameters()).device),
-              "projections": errors}
+              "projections": fits}
     return stats
 
 

@@ -66,7 +66,7 @@ def test_bias_is_exact_when_the_removed_inputs_are_constant():
 def test_lsq_lowers_the_calibration_error_of_every_projection(kv, inputs):
     model, _ = make_llama(4, kv)
     pruned, _ = _pruned(model)
-    stats = compensate(model, pruned, _calib(8), "lsq", damping=0.01, inputs=inputs)
+    stats = compensate(model, pruned, _calib(8), "lsq", damping=0.01, inputs=inputs, errors=True)
     assert stats["layers"] == 3 and {p["proj"] for p in stats["projections"]} == {"o_proj", "down_proj"}
     for p in stats["projections"]:
         assert p["error"] < p["error_none"], p
