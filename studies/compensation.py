@@ -23,6 +23,7 @@ from ppf.baselines import get
 from ppf.config import load_params
 from ppf.io import write_text_atomic
 from ppf.metrics import perplexity_of, window_nll
+from ppf.policy import Policy
 from ppf.stats import paired_ppl_difference
 from ppf.workbench import Workbench
 
@@ -31,10 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", nargs="+", default=["llm_pruner", "owl", "alpha", "ppf"])
+    ap.add_argument("--methods", nargs="*", default=["llm_pruner", "owl", "alpha", "ppf"])
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4, 0.5])
     ap.add_argument("--compensations", nargs="+", default=["none", "bias", "lsq"])
     ap.add_argument("--windows", type=int, default=None, help="test windows (default benchmark.max_windows)")
+    ap.add_argument("--policy", action="append", default=[], metavar="RATIO=POLICY",
+                    help="also a fixed policy at a ratio (e.g. 0.4=bi:0.12, a past PPF choice), labelled 'policy'")
     ap.add_argument("--root", default=str(ROOT))
     ap.add_argument("--out", default=str(ROOT / "studies" / "results"))
     args = ap.parse_args()
@@ -49,24 +52,28 @@ def main() -> None:
     print(f"dense statistics: {stats_s:.1f} s, peak {st.peak_mb:.0f} MB", flush=True)
     dense_nll = window_nll(wb.model, test, ev.seqlen, ev.batch_size, windows)
     rows = [{"method": "dense", "ratio": 0.0, "compensation": "none", "ppl_test": perplexity_of(dense_nll, ev.seqlen)}]
-    for method in args.methods:
-        for ratio in args.ratios:
+    todo = [(m, r) for m in args.methods for r in args.ratios]
+    todo += [("policy", float(r), pol) for r, pol in (p.split("=", 1) for p in args.policy)]
+    for method, ratio, *fixed in todo:
+        if fixed:
+            desc, plan = fixed[0], wb.planner.plan(Policy.parse(fixed[0]), ratio)
+        else:
             desc, plan = get(method).plan(wb, ratio)
-            base = None
-            for comp in args.compensations:
-                model = wb.pruned(plan, comp)
-                nll = window_nll(model, test, ev.seqlen, ev.batch_size, windows)
-                row = {"method": method, "ratio": ratio, "policy": desc, "actual_ratio": plan.block_ratio,
-                       "compensation": comp, "ppl_test": perplexity_of(nll, ev.seqlen),
-                       "compensation_s": model.ppf_compensation["seconds"]}
-                if comp == "none":
-                    base = nll
-                elif base is not None:
-                    d = paired_ppl_difference(nll.tolist(), base.tolist(), ev.seqlen - 1, params.benchmark.bootstrap, params.seed)
-                    row |= {"vs_none_pct": d["diff_pct"], "vs_none_ci_lo": d["ci_lo"], "vs_none_ci_hi": d["ci_hi"]}
-                rows.append(row)
-                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-                del model
+        base = None
+        for comp in args.compensations:
+            model = wb.pruned(plan, comp)
+            nll = window_nll(model, test, ev.seqlen, ev.batch_size, windows)
+            row = {"method": method, "ratio": ratio, "policy": desc, "actual_ratio": plan.block_ratio,
+                   "compensation": comp, "ppl_test": perplexity_of(nll, ev.seqlen),
+                   "compensation_s": model.ppf_compensation["seconds"]}
+            if comp == "none":
+                base = nll
+            elif base is not None:
+                d = paired_ppl_difference(nll.tolist(), base.tolist(), ev.seqlen - 1, params.benchmark.bootstrap, params.seed)
+                row |= {"vs_none_pct": d["diff_pct"], "vs_none_ci_lo": d["ci_lo"], "vs_none_ci_hi": d["ci_hi"]}
+            rows.append(row)
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+            del model
     df = pd.DataFrame(rows)
     out = Path(args.out)
     write_text_atomic(out / "compensation.csv", df.to_csv(index=False, float_format="%.6g"))
