@@ -168,11 +168,7 @@ def eval_(model: ModelOpt = "smollm2-135m",
     if as_json:
         console.print_json(json.dumps(result))
         return
-    table = Table(title=f"{model}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for split, v in result["perplexity"].items():
-        table.add_row(f"perplexity ({split}, seqlen {p.eval.seqlen}, {v['tokens']:,} tokens)", f"{v['ppl']:.3f}")
+    table = _perplexity_table(f"{model}", result["perplexity"], p.eval.seqlen)
     if "js" in result:
         table.add_row(f"JS vs {result['js']['base']} (nats, {result['js']['tokens']:,} tokens)", f"{result['js']['js']:.5f}")
     for task, v in result.get("zero_shot", {}).items():
@@ -180,6 +176,16 @@ def eval_(model: ModelOpt = "smollm2-135m",
         table.add_row(f"{label} acc / acc_norm", f"{v['acc']:.4f} / {v['acc_norm']:.4f}")
     table.add_row("seconds", f"{result['seconds']:.1f}")
     console.print(table)
+
+
+def _perplexity_table(title: str, perplexity: dict, seqlen: int) -> Table:
+    """A metric / value table starting with one perplexity row per split (`ppf eval`, `ppf eval --gguf`)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for split, v in perplexity.items():
+        table.add_row(f"perplexity ({split}, seqlen {seqlen}, {v['tokens']:,} tokens)", f"{v['ppl']:.3f}")
+    return table
 
 
 def _eval_gguf(gguf: Path, model: str, p, root: Path, splits: str, threads: int | None, as_json: bool,
@@ -199,11 +205,7 @@ def _eval_gguf(gguf: Path, model: str, p, root: Path, splits: str, threads: int 
     if as_json:
         console.print_json(json.dumps(result))
         return
-    table = Table(title=f"{gguf} (llama.cpp, {result['threads']} threads)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for split, v in result["perplexity"].items():
-        table.add_row(f"perplexity ({split}, seqlen {p.eval.seqlen}, {v['tokens']:,} tokens)", f"{v['ppl']:.3f}")
+    table = _perplexity_table(f"{gguf} (llama.cpp, {result['threads']} threads)", result["perplexity"], p.eval.seqlen)
     g = result["generation"]
     table.add_row(f"generation tok/s (batch 1, {g['new_tokens']} tokens; best / median)",
                   f"{g['tok_s']:.1f} / {g['median_tok_s']:.1f}")
