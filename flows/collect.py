@@ -1,7 +1,9 @@
 """Stage `collect`: the mask dataset — sampled policies evaluated for real (prune + JS).
 
-Output: data/masks/samples.parquet (one row per policy: method, a_eta, target and actual ratio,
-per-layer ratios, compressed mask, JS, PPR; sorted by key) and metrics/collect.json (counts and
+Output: data/masks/samples.parquet (one row per policy: method, a_eta, the extended parts of the
+policy (``parts``; ``collect.space``), whether it belongs to the within-ratio test set
+(``holdout``; ``collect.within``), target and actual ratio, per-layer ratios, removed blocks,
+compressed mask, JS, PPR; sorted by key) and metrics/collect.json (counts and
 timings: the dataset itself holds only what the same params reproduce bit for bit).
 
 Each sample is one Prefect task cached across runs on (sample, evaluation context, task source,
@@ -36,6 +38,7 @@ from ppf import collect as C
 from ppf.config import CollectParams, Params, load_params
 from ppf.errors import PPFError
 from ppf.io import digest, write_bytes_atomic
+from ppf.workbench import Workbench
 
 
 def context_key(root: Path, params: Params) -> str:
@@ -51,10 +54,20 @@ def context_key(root: Path, params: Params) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@task(cache_policy=CACHE, persist_result=True, task_run_name="{method}:{a_eta}@{ratio}")
-def evaluate_sample(method: str, a_eta: float, ratio: float, context: str, root: str, params: Params) -> dict:
+@task(cache_policy=CACHE, persist_result=True, task_run_name="{method}:{a_eta}{parts}@{ratio}")
+def evaluate_sample(method: str, a_eta: float, ratio: float, parts: str, holdout: bool, context: str, root: str,
+                    params: Params) -> dict:
     wb = workbench(Path(root), params, context, "planner", "reference", compute_importance=True)
-    return C.evaluate(wb, C.Sample(method, a_eta, ratio))
+    return C.evaluate(wb, C.Sample(method, a_eta, ratio, parts, holdout))
+
+
+def samples_of(root: Path, params: Params) -> list[C.Sample]:
+    """The training samples (the paper grid, with the extended parts ``collect.space`` draws) and the
+    within-ratio test set (``collect.within``), in one sorted list."""
+    c, m = params.collect, params.pruning.max_layer_ratio
+    shape = Workbench(root, params).shape  # the config only: no weights loaded
+    train = C.sample_space(C.policy_grid(c.ratios, c.a_etas, tuple(c.methods)), c.n_samples, c.seed, c.space, shape, m)
+    return sorted(train + C.within_ratio_samples(c, shape, m))
 
 
 def write_dataset(root: Path, rows: list[dict]) -> pd.DataFrame:
@@ -74,12 +87,14 @@ def collect_flow(params_path: str = "params.yaml", root: str | None = None) -> d
     root = Path(root or ROOT)
     params = load_params(root / params_path)
     c = params.collect
-    samples = C.sample_policies(C.policy_grid(c.ratios, c.a_etas, tuple(c.methods)), c.n_samples, c.seed)
+    samples = samples_of(root, params)
     context = context_key(root, params)
     start = time.perf_counter()
-    futures = [evaluate_sample.submit(s.method, s.a_eta, s.ratio, context, str(root), params) for s in samples]
+    futures = [evaluate_sample.submit(s.method, s.a_eta, s.ratio, s.parts, s.holdout, context, str(root), params)
+               for s in samples]
     df = write_dataset(root, [f.result() for f in futures])
-    metrics = {"n_samples": len(df), "js_min": float(df.js.min()), "js_max": float(df.js.max()),
+    metrics = {"n_samples": len(df), "n_within_ratio": int(df.holdout.sum()),
+               "n_extended": int((df.parts != "").sum()), "js_min": float(df.js.min()), "js_max": float(df.js.max()),
                "plan_s_mean": float(df.plan_s.mean()), "eval_s_mean": float(df.eval_s.mean()),
                "wall_s": time.perf_counter() - start,
                "max_ratio_error": float((df.actual_ratio - df.ratio).abs().max())}

@@ -57,9 +57,10 @@ def train_mode(mode: str, alpha: float, beta: float, config: dict, predictor: st
     with its mean predicted PPR over the mode's selection ratios."""
     predictor_ = _predictor(Path(root), params)
     cfg = AgentConfig(**{**config, "net_arch": tuple(config["net_arch"])})
-    actor, history = train_agent(R.predictor_scorer(predictor_), alpha, beta, cfg)
+    space = R.action_space(Workbench(Path(root), params))
+    actor, history = train_agent(R.predictor_scorer(predictor_), alpha, beta, cfg, space=space)
     return {"state": actor.state_dict(), "episodes": history.episodes, "steps": history.steps,
-            "seed": cfg.seed, "selection_ppr": R.mean_predicted_ppr(actor, predictor_, alpha, beta)}
+            "seed": cfg.seed, "selection_ppr": R.mean_predicted_ppr(actor, predictor_, alpha, beta, space)}
 
 
 @task(cache_policy=CACHE, persist_result=True, task_run_name="true {row[policy]}@{row[ratio]}")
@@ -117,11 +118,13 @@ def train_agent_flow(params_path: str = "params.yaml", root: str | None = None) 
 
 def _save(root: Path, params: Params, trained: dict, predictor_hash: str) -> Path:
     a = params.agent
+    space = R.action_space(Workbench(root, params))
     actors = {}
     for m, res in trained.items():
-        actors[m] = build_actor(tuple(a.net_arch))
+        actors[m] = build_actor(tuple(a.net_arch), space.dim)
         actors[m].load_state_dict(res["state"])
     meta = {"model": params.model.name, "predictor": predictor_hash, "net_arch": list(a.net_arch),
+            "action_space": space.to_dict(),
             "config": R.agent_config(params).__dict__ | {"net_arch": list(a.net_arch)}}
     return save_agents(actors, R.modes(params), root / "models" / "agent", meta)
 

@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 _API = {
     "Policy": "ppf.policy", "Planner": "ppf.policy", "plan_for": "ppf.policy",
     "PruningPlan": "ppf.plan", "DenseShape": "ppf.plan",
-    "prune_model": "ppf.prune", "drop_blocks": "ppf.depth",
+    "prune_model": "ppf.prune", "drop_blocks": "ppf.prune",
     "save_pruned": "ppf.checkpoint", "load_pruned": "ppf.checkpoint",
     "Workbench": "ppf.workbench", "load_params": "ppf.config",
     "METHODS": "ppf.baselines",
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ppf.baselines import METHODS
     from ppf.checkpoint import load_pruned, save_pruned
     from ppf.config import load_params
-    from ppf.depth import drop_blocks
+    from ppf.prune import drop_blocks
     from ppf.plan import DenseShape, PruningPlan
     from ppf.policy import Planner, Policy, plan_for
     from ppf.prune import prune_model

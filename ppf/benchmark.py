@@ -46,16 +46,17 @@ def build(wb: Workbench, method: str, ratio: float, state: Any = None, compensat
     compensation, compensation_s}, compensated as configured (:func:`configured`) unless ``compensation``
     says otherwise (width: none | bias | lsq; depth: none | mean)."""
     m = get(method)
-    if m.kind == "width":
-        desc, plan = m.plan(wb, ratio)
-        model = wb.pruned(plan, compensation)
-        info = {"policy": desc, "actual_ratio": plan.block_ratio}
-    else:
+    if m.kind == "dense":
         model, info = m.build(wb, ratio, state)
-        if m.kind == "depth":
-            wb.with_blocks_compensated(model, compensation)
-    comp = getattr(model, "ppf_compensation", {"method": "none", "seconds": 0.0})
-    return model, info | {"compensation": comp["method"], "compensation_s": comp["seconds"] + comp.get("statistics_s", 0.0)}
+        return model, info | {"compensation": "none", "compensation_s": 0.0}
+    desc, plan = m.plan(wb, ratio, state)
+    c = compensation or configured(wb.params.pruning, method)
+    # a depth method's setting names its removed-block compensation; nothing of its plan is width-cut
+    model = wb.pruned(plan, c, None) if m.kind == "width" else wb.pruned(plan, "none", c)
+    comp = model.ppf_compensation
+    label = comp.get("removed_blocks", "none") if m.kind == "depth" else comp["method"]
+    return model, {"policy": desc, "actual_ratio": plan.block_ratio, "compensation": label,
+                   "compensation_s": comp["seconds"] + comp.get("statistics_s", 0.0)}
 
 
 def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:

@@ -110,24 +110,34 @@ def shrink_layers(model: nn.Module, shapes: list[dict[str, int]]) -> None:
     blocks = model.model.layers
     if len(shapes) != len(blocks):
         raise PPFError(f"the checkpoint lists {len(shapes)} layer shapes for a {len(blocks)}-layer model")
-    for block, sh in zip(blocks, shapes):
+    from ppf.depth import remove_blocks
+
+    for i, (block, sh) in enumerate(zip(blocks, shapes)):
+        if sh["n_heads"] == 0 or sh["intermediate"] == 0:  # removed blocks: zero-width stand-ins
+            remove_blocks(block, i, sh["n_heads"] == 0, sh["intermediate"] == 0)
+            for key, (part, proj) in BIAS_KEYS.items():  # a removed block's mean output (compensation)
+                stand_in = getattr(block, part)
+                if sh.get(key) and getattr(stand_in, proj).in_features == 0:
+                    stand_in.set_shift(torch.zeros(getattr(stand_in, proj).out_features))
         attn, mlp = block.self_attn, block.mlp
         hd = attn.head_dim
         hidden = attn.q_proj.in_features
         q, kv, inter = sh["n_heads"] * hd, sh["n_kv_heads"] * hd, sh["intermediate"]
-        attn.q_proj = _linear_like(attn.q_proj, hidden, q)
-        attn.k_proj = _linear_like(attn.k_proj, hidden, kv)
-        attn.v_proj = _linear_like(attn.v_proj, hidden, kv)
-        attn.o_proj = _linear_like(attn.o_proj, q, hidden)
-        mlp.gate_proj = _linear_like(mlp.gate_proj, hidden, inter)
-        mlp.up_proj = _linear_like(mlp.up_proj, hidden, inter)
-        mlp.down_proj = _linear_like(mlp.down_proj, inter, hidden)
+        if sh["n_heads"]:
+            attn.q_proj = _linear_like(attn.q_proj, hidden, q)
+            attn.k_proj = _linear_like(attn.k_proj, hidden, kv)
+            attn.v_proj = _linear_like(attn.v_proj, hidden, kv)
+            attn.o_proj = _linear_like(attn.o_proj, q, hidden)
+            set_attention_bookkeeping(attn, sh["n_heads"], sh["n_kv_heads"])
+        if inter:
+            mlp.gate_proj = _linear_like(mlp.gate_proj, hidden, inter)
+            mlp.up_proj = _linear_like(mlp.up_proj, hidden, inter)
+            mlp.down_proj = _linear_like(mlp.down_proj, inter, hidden)
         for key, (part, proj) in BIAS_KEYS.items():  # an output bias added by compensation
             old = getattr(getattr(block, part), proj)
             if sh.get(key) and old.bias is None:
                 setattr(getattr(block, part), proj, nn.Linear(old.in_features, old.out_features, bias=True,
                                                               device=old.weight.device, dtype=old.weight.dtype))
-        set_attention_bookkeeping(attn, sh["n_heads"], sh["n_kv_heads"])
 
 
 # ---- the transformers classes ----------------------------------------------------------------------
@@ -292,8 +302,9 @@ def _state_dict_untied(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[
     seen: dict[tuple, str] = {}
     dropped = []
     for name, t in model.state_dict().items():
+        # zero-size tensors (a removed block's projections) share no storage, whatever data_ptr says
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) \
-            if t.device.type != "meta" else None
+            if t.device.type != "meta" and t.numel() else None
         if key is not None and key in seen:
             dropped.append(name)
             continue

@@ -230,23 +230,18 @@ def export(model: Annotated[str, typer.Argument(help="a ppf checkpoint directory
 
     with err.status(f"exporting {model} to {gguf}"):
         report = export_gguf(model, gguf, type_, tokenizer=tokenizer, tokenizer_pre=tokenizer_pre)
-    if as_json:
-        console.print_json(json.dumps(report))
-        return
-    table = _field_table(f"{model} -> {gguf}")
-    table.add_row("type", report["type"])
-    table.add_row("size", f"{report['bytes'] / 2**20:.1f} MiB")
-    table.add_row("layers", str(report["layers"]))
-    table.add_row("heads per layer", " ".join(map(str, report["heads"])))
-    table.add_row("KV heads per layer", " ".join(map(str, report["kv_heads"])))
-    table.add_row("MLP per layer", " ".join(map(str, report["kept_ffn"])))
+    rows = [("type", report["type"]), ("size", f"{report['bytes'] / 2**20:.1f} MiB"), ("layers", str(report["layers"])),
+            ("heads per layer", " ".join(map(str, report["heads"]))),
+            ("KV heads per layer", " ".join(map(str, report["kv_heads"]))),
+            ("MLP per layer", " ".join(map(str, report["kept_ffn"])))]
     if report["ffn"] != report["kept_ffn"]:
-        table.add_row("MLP as written (zero-padded)", " ".join(map(str, report["ffn"])))
+        rows.append(("MLP as written (zero-padded)", " ".join(map(str, report["ffn"]))))
     if report["f16_fallback"]:
-        table.add_row("kept f16 (rows not whole blocks)", str(len(report["f16_fallback"])))
-    table.add_row("tokenizer", report["tokenizer"])
-    table.add_row("seconds", f"{report['seconds']:.1f}")
-    console.print(table)
+        rows.append(("kept f16 (rows not whole blocks)", str(len(report["f16_fallback"]))))
+    rows += [("tokenizer", report["tokenizer"]), ("seconds", f"{report['seconds']:.1f}")]
+    _show(report, as_json, f"{model} -> {gguf}", rows)
+    if as_json:
+        return
     for note in report["notes"]:
         err.print(f"[bold yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 

@@ -21,31 +21,47 @@ import numpy as np
 from ppf.errors import PPFError
 from ppf.masks import compress
 from ppf.metrics import ppr
-from ppf.policy import IMPORTANCE_METHODS, Policy, check_a_eta, check_ratio
+from ppf.plan import DenseShape
+from ppf.policy import IMPORTANCE_METHODS, Policy, check_a_eta, check_ratio, feasible
 from ppf.workbench import Workbench
 
 
 @dataclass(frozen=True, order=True)
 class Sample:
-    """One point of the policy grid: (importance method, a_eta) at a target block ratio."""
+    """One point of the policy space at a target block ratio: (importance method, a_eta) of the paper's
+    grid plus, optionally, the extended parts (``parts``: the text after the method, e.g.
+    ``,norm=rank,keep=2:1``; :class:`~ppf.policy.Policy`). ``holdout`` marks a within-ratio test policy."""
 
     method: str
     a_eta: float
     ratio: float
+    parts: str = ""
+    holdout: bool = False
+
+    @classmethod
+    def of(cls, policy: Policy, ratio: float, holdout: bool = False) -> "Sample":
+        """The sample of ``policy`` at ``ratio``."""
+        return cls(policy.method, policy.a_eta, ratio, str(policy)[len(str(Policy(policy.method, policy.a_eta))):], holdout)
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Sample":
+        """The sample a dataset row was collected from (rows of a paper-only dataset have no parts)."""
+        return cls(row.method, float(row.a_eta), float(row.ratio), getattr(row, "parts", "") or "",
+                   bool(getattr(row, "holdout", False)))
 
     @property
     def policy(self) -> Policy:
-        return Policy(self.method, self.a_eta)
+        return Policy(self.method, self.a_eta).with_parts(self.parts)
 
     @property
     def label(self) -> str:
-        """The dataset's short text of the policy (``lod:0.25``)."""
-        return "uniform" if self.method == "uniform" else f"{self.method}:{self.a_eta:g}"
+        """The dataset's short text of the policy (``lod:0.25``, ``bi:0.1,keep=2:0``)."""
+        return ("uniform" if self.method == "uniform" else f"{self.method}:{self.a_eta:g}") + self.parts
 
     @property
     def key(self) -> str:
         """Stable identity of the sample (dataset primary key, cache key)."""
-        return f"{self.method}:{self.a_eta:.4f}@{self.ratio:.4f}"
+        return f"{self.method}:{self.a_eta:.4f}{self.parts}@{self.ratio:.4f}" + ("#within" if self.holdout else "")
 
 
 def _steps(lo: float, hi: float, step: float) -> list[float]:
@@ -82,6 +98,61 @@ def sample_policies(grid: list[Sample], n: int | None, seed: int) -> list[Sample
     return sorted(random.Random(seed).sample(sorted(grid), n))
 
 
+def draw_parts(rng: random.Random, space: Any, ratio: float, shape: DenseShape, max_layer_ratio: float = 0.9) -> str:
+    """The extended parts of one sample, drawn from ``space`` (:class:`ppf.config.SpaceParams`): a
+    normalisation, protected edge layers, whole layers removed (at most what ``ratio`` allows, and
+    leaving a layer to prune) and an attention share, made :func:`~ppf.policy.feasible` at ``ratio``;
+    "" when every part is the paper's."""
+    n_layers = shape.n_layers
+    norm = rng.choice(list(space.norms))
+    first, last = rng.randint(0, space.keep), rng.randint(0, space.keep)
+    while first + last >= n_layers:
+        first, last = first // 2, last // 2
+    room = min(int(ratio * n_layers + 1e-9), n_layers - first - last - 1)
+    depth = rng.randint(0, max(0, min(space.depth, room)))
+    split = None if space.split is None else round(rng.uniform(*space.split), 3)
+    parts = feasible(Policy("lod", 0.1, norm=norm, first=first, last=last, depth=depth, split=split), ratio, shape,
+                     max_layer_ratio)
+    return str(parts)[len("lod:0.1"):]
+
+
+def sample_space(grid: list[Sample], n: int | None, seed: int, space: Any, shape: DenseShape,
+                 max_layer_ratio: float = 0.9) -> list[Sample]:
+    """:func:`sample_policies`, then each chosen point draws the extended parts with probability
+    ``space.fraction`` (seeded; ``fraction: 0`` leaves the paper's samples exactly as they were)."""
+    chosen = sample_policies(grid, n, seed)
+    if space.fraction <= 0:
+        return chosen
+    rng = random.Random(f"{seed}:space")
+    out = []
+    for s in chosen:
+        extended = rng.random() < space.fraction
+        parts = draw_parts(rng, space, s.ratio, shape, max_layer_ratio) if extended else ""
+        out.append(Sample(s.method, s.a_eta, s.ratio, parts))
+    return sorted(set(out))
+
+
+def within_ratio_samples(c: Any, shape: DenseShape, max_layer_ratio: float = 0.9) -> list[Sample]:
+    """The within-ratio test set of ``c`` (:class:`ppf.config.CollectParams`): at each of
+    ``c.within.ratios``, ``c.within.n`` distinct policies of the collection's space (a method, an
+    a_eta of the grid, and — with probability ``space.fraction`` — extended parts), never trained on."""
+    etas = _steps(*c.a_etas)
+    out: list[Sample] = []
+    for r in c.within.ratios:
+        rng = random.Random(f"{c.within.seed}:{r:.4f}")
+        seen: set[Sample] = set()
+        for _ in range(100 * c.within.n):
+            if len(seen) == c.within.n:
+                break
+            parts = draw_parts(rng, c.space, r, shape, max_layer_ratio) if rng.random() < c.space.fraction else ""
+            seen.add(Sample(rng.choice(list(c.methods)), rng.choice(etas), round(float(r), 6), parts, True))
+        if len(seen) < c.within.n:
+            raise PPFError(f"the policy space holds fewer than {c.within.n} distinct policies at ratio {r}; "
+                           "lower collect.within.n or widen collect.space")
+        out += sorted(seen)
+    return out
+
+
 def evaluate(wb: Workbench, sample: Sample) -> dict[str, Any]:
     """One dataset row of ``sample``: plan → prune a copy → JS vs the dense model (plain JSON-able
     values; the mask flattened with its shape)."""
@@ -93,6 +164,7 @@ def evaluate(wb: Workbench, sample: Sample) -> dict[str, Any]:
     js = res["js"]
     return {
         **asdict(sample), "key": sample.key, "policy": sample.label,
+        "removed_attention": len(plan.removed_attention), "removed_mlp": len(plan.removed_mlp),
         "actual_ratio": plan.block_ratio, "layer_ratios": [float(x) for x in plan.layer_ratios()],
         "mask": mask.astype(np.uint8).ravel().tolist(), "mask_shape": list(mask.shape),
         "js": js, "ppr": ppr(js, plan.block_ratio), "compensation": res["compensation"], "plan_s": plan_s, "eval_s": time.perf_counter() - t - plan_s,

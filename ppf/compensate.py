@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ppf.depth import REMOVED_ATTR, NoAttention, NoMLP
+from ppf.depth import NoAttention, NoMLP
 from ppf.errors import PPFError
 from ppf.prune import plan_of
 
@@ -347,43 +347,24 @@ def compensate(dense: nn.Module, pruned: nn.Module, calib: torch.Tensor, method:
 
 @torch.no_grad()
 def compensate_blocks(pruned: nn.Module, statistics: DenseStatistics, method: str = "mean") -> dict[str, Any]:
-    """Replace the removed blocks of a depth-pruned model (:func:`ppf.depth.drop_blocks`) by their
-    dense mean output over the calibration tokens, in place.
+    """Replace the removed blocks of a pruned model (a plan's removed attention / MLP blocks, or
+    :func:`ppf.depth.drop_blocks`) by their dense mean output over the calibration tokens, in place.
 
-    A removed attention or MLP block's stand-in adds that constant to the residual stream; a removed
-    whole layer adds its two blocks' means where it stood, folded into the output of the kept layer
-    before it (its down_proj bias, or its MLP stand-in). A removed layer with no kept layer before it
-    has nowhere to go and stays zero (counted in ``skipped``). ``none`` changes nothing.
+    A removed block's stand-in then adds that constant (its output projection's bias) to the residual
+    stream where the block stood — also in a layer removed whole. ``none`` changes nothing.
     """
     if method not in BLOCK_COMPENSATIONS:
         raise PPFError(f"unknown block compensation {method!r}; use one of {', '.join(BLOCK_COMPENSATIONS)}")
-    out: dict[str, Any] = {"method": method, "seconds": 0.0, "blocks": 0, "skipped": 0, "tokens": statistics.tokens}
-    removed = getattr(pruned, REMOVED_ATTR, None)
-    if method == "none" or removed is None:
+    out: dict[str, Any] = {"method": method, "seconds": 0.0, "blocks": 0, "tokens": statistics.tokens}
+    if method == "none":
         return out
     t = time.perf_counter()
-    gone = set(removed["layers"])
-    kept = [i for i in range(len(statistics.attention_out)) if i not in gone]
-    add: dict[int, torch.Tensor] = {}  # kept dense index → constant added after its MLP
-    for g in sorted(gone):
-        before = [k for k in kept if k < g]
-        if not before:
-            out["skipped"] += 1
-            continue
-        add[before[-1]] = add.get(before[-1], 0) + statistics.attention_out[g] + statistics.mlp_out[g]
-        out["blocks"] += 2
-    for new, i in enumerate(kept):
-        layer = pruned.model.layers[new]
+    for i, layer in enumerate(pruned.model.layers):
         if isinstance(layer.self_attn, NoAttention):
             layer.self_attn.set_shift(statistics.attention_out[i])
             out["blocks"] += 1
-        extra = add.get(i)
         if isinstance(layer.mlp, NoMLP):
-            layer.mlp.set_shift(statistics.mlp_out[i] + (extra if extra is not None else 0))
+            layer.mlp.set_shift(statistics.mlp_out[i])
             out["blocks"] += 1
-        elif extra is not None:
-            down = layer.mlp.down_proj
-            base = down.bias.detach().double() if down.bias is not None else 0
-            _set_bias(down, base + extra.to(down.weight.device))
     out["seconds"] = time.perf_counter() - t
     return out

@@ -115,6 +115,42 @@ class PruningParams(Section):
         "mean (they add their dense mean output over the calibration tokens)")
 
 
+class SpaceParams(Section):
+    """Which parts of PPF's extended policy space the collected samples vary (:class:`ppf.policy.Policy`);
+    ``fraction: 0`` is the paper's grid alone."""
+
+    fraction: float = Field(0.0, ge=0, le=1, description="share of the samples that also draw the extended parts")
+    norms: list[Literal["minmax", "rank"]] = Field(["minmax", "rank"], min_length=1,
+                                                   description="score normalisations drawn from")
+    keep: int = Field(0, ge=0, description="protected first / last layers, each drawn from 0..keep")
+    depth: int = Field(0, ge=0, description="whole layers removed (Block Influence order), drawn from 0..depth "
+                       "(never more than the ratio allows)")
+    split: tuple[float, float] | None = Field(None, description="attention share of each layer's reduction, drawn "
+                                               "uniformly from this range (None: attention at the layer's ratio)")
+
+    @model_validator(mode="after")
+    def _split_range(self) -> "SpaceParams":
+        if self.split is not None and not (0.0 <= self.split[0] <= self.split[1] <= 1.0):
+            raise ValueError(f"split range {list(self.split)} must satisfy 0 <= lo <= hi <= 1")
+        return self
+
+
+class WithinRatioParams(Section):
+    """The within-ratio test set: at each of ``ratios``, ``n`` policies of the space, evaluated for real
+    and never trained on — how well the predictor ranks policies at ONE ratio, which is what the agent asks."""
+
+    ratios: list[float] = Field(default_factory=list, description="e.g. the benchmark ratios; [] = no such set")
+    n: int = Field(20, ge=3, description="policies per ratio")
+    seed: int = 1
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "WithinRatioParams":
+        bad = [r for r in self.ratios if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"within-ratio ratio {bad[0]} is outside (0, 1)")
+        return self
+
+
 class CollectParams(Section):
     """The mask dataset: which policies are sampled and evaluated for real (paper grid by default)."""
 
@@ -128,6 +164,8 @@ class CollectParams(Section):
         "threads", description="threads in the flow's process, or a Dask cluster (prefect-dask)")
     dask_address: str | None = Field(
         None, description="a running Dask scheduler (tcp://host:8786); None = a local cluster of `workers` processes")
+    space: SpaceParams = Field(default_factory=SpaceParams)
+    within: WithinRatioParams = Field(default_factory=WithinRatioParams)
 
 
 class TasksParams(Section):
@@ -160,9 +198,10 @@ class EvalParams(Section):
 class PredictorParams(Section):
     """The CNN performance predictor (paper, "CNN-based Performance Prediction Model") and its training."""
 
-    input: Literal["o_proj", "attention", "mlp", "o_proj+mlp"] = Field(
+    input: Literal["o_proj", "attention", "mlp", "o_proj+mlp", "blocks"] = Field(
         "o_proj", description="the mask image: o_proj heads (the paper), q/k/v/o heads, MLP channel "
-        "density, or o_proj heads + MLP density as two planes")
+        "density, o_proj heads + MLP density as two planes, or blocks: o_proj heads + the exact kept MLP "
+        "width per layer (removed blocks are all-zero rows)")
     width: int = Field(32, gt=0, description="channels of the dilated convolutions")
     dilations: tuple[int, int, int] = (1, 2, 3)
     spp_levels: list[int] = Field([1, 2, 4], min_length=1, description="SPP output grids (n x n)")

@@ -1,53 +1,89 @@
 """Depth pruning: removing whole decoder layers or single attention / MLP blocks.
 
-Width pruning (heads, channels) is :mod:`ppf.prune`; this is the mechanism beside it. Which blocks
-go is a method's choice (:mod:`ppf.baselines.shortgpt`, :mod:`ppf.baselines.blockpruner`).
-:func:`drop_blocks` deletes a layer outright when both of its blocks go (the ModuleList shrinks,
-``layer_idx`` and ``config.num_hidden_layers`` are renumbered, so the KV cache stays right) and
-otherwise swaps the removed block for a zero-output stand-in: the residual stream passes through
-unchanged, exactly as if the block were not there. A removed attention block still reports an
-empty key/value entry to the cache, so generation's sequence bookkeeping (read from layer 0)
-keeps working.
+A removed block is part of a :class:`~ppf.plan.PruningPlan` like any pruned head: a layer whose plan
+keeps no heads has no attention, one that keeps no channels has no MLP, one with neither is gone
+(:mod:`ppf.prune` applies it). Which blocks go is a policy's or a method's choice
+(:mod:`ppf.policy`, :mod:`ppf.baselines.shortgpt`, :mod:`ppf.baselines.blockpruner`).
 
-:func:`block_ratio` counts the parameters removed, in the same units as a width plan's block
-ratio; :func:`layer_calls` / :func:`logits_from` rerun a model from one layer on (cached inputs).
+A removed block is replaced by a zero-width stand-in (:class:`NoAttention`, :class:`NoMLP`): its
+projections have no heads / channels, so it adds nothing to the residual stream — exactly as if the
+block were not there — or, with removed-block compensation, its output projection's bias: the block's
+dense mean output (:func:`ppf.compensate.compensate_blocks`). The norm in front of a removed block
+goes with it (``nn.Identity``), so a removed whole layer keeps no parameters at all and the layer
+count, layer indices and the KV cache's layout stay those of the dense model. A removed attention
+still reports an empty key/value entry to the cache, so generation's sequence bookkeeping (read
+from layer 0) keeps working.
+
+:func:`block_ratio` counts the parameters removed, in the same units as a plan's block ratio;
+:func:`layer_calls` / :func:`logits_from` rerun a model from one layer on (cached inputs).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ppf.errors import PPFError
-from ppf.plan import DenseShape
-
-REMOVED_ATTR = "ppf_removed_blocks"
+from ppf.plan import DenseShape, LayerPlan, PruningPlan
 
 
-class _Shifted(nn.Module):
-    """A stand-in that adds a constant (its ``shift``, zero until :meth:`set_shift`) to the residual stream."""
+def empty_linear(in_features: int, out_features: int, bias: bool = False, like: torch.Tensor | None = None) -> nn.Linear:
+    """A Linear with zero inputs or zero outputs (no weights to initialise), on ``like``'s device and dtype."""
+    kw = {} if like is None else {"device": like.device, "dtype": like.dtype}
+    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op"
+        warnings.simplefilter("ignore", UserWarning)
+        lin = nn.Linear(in_features, out_features, bias=bias, **kw)
+    if bias:
+        with torch.no_grad():
+            lin.bias.zero_()
+    return lin
 
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("shift", None)
+
+class _Removed(nn.Module):
+    """A removed block: zero-width projections; its output is the last projection's bias (or zero)."""
+
+    out_name = ""
 
     def set_shift(self, value: torch.Tensor) -> None:
-        self.shift = value.detach().clone()
+        """Make the block add ``value`` (its dense mean output) to the residual stream."""
+        old = getattr(self, self.out_name)
+        new = empty_linear(old.in_features, old.out_features, bias=True, like=old.weight)
+        with torch.no_grad():
+            new.bias.copy_(value.to(new.bias.dtype).reshape(-1))
+        setattr(self, self.out_name, new)
+
+    @property
+    def shift(self) -> torch.Tensor | None:
+        return getattr(self, self.out_name).bias
 
     def _out(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.shift is None:
+        bias = self.shift
+        if bias is None:
             return torch.zeros_like(hidden_states)
-        return self.shift.to(hidden_states.device, hidden_states.dtype).expand_as(hidden_states).clone()
+        return bias.to(hidden_states.device, hidden_states.dtype).expand_as(hidden_states).clone()
 
 
-class NoAttention(_Shifted):
-    """A removed attention block: adds nothing (or its ``shift``) to the residual stream."""
+class NoAttention(_Removed):
+    """A removed attention block: adds nothing (or its o_proj bias) to the residual stream."""
 
-    def __init__(self, layer_idx: int, head_dim: int):
+    out_name = "o_proj"
+
+    def __init__(self, layer_idx: int, head_dim: int, hidden: int, like: torch.Tensor | None = None,
+                 bias: bool = False):
         super().__init__()
         self.layer_idx, self.head_dim = layer_idx, head_dim
+        self.q_proj = empty_linear(hidden, 0, like=like)
+        self.k_proj = empty_linear(hidden, 0, like=like)
+        self.v_proj = empty_linear(hidden, 0, like=like)
+        self.o_proj = empty_linear(0, hidden, bias=bias, like=like)
+        self.num_key_value_groups = 0
+
+    @classmethod
+    def replacing(cls, attn: nn.Module, layer_idx: int) -> "NoAttention":
+        return cls(layer_idx, attn.head_dim, attn.o_proj.out_features, like=attn.o_proj.weight)
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, **kwargs):
         if past_key_values is not None:
@@ -57,50 +93,51 @@ class NoAttention(_Shifted):
         return self._out(hidden_states), None
 
 
-class NoMLP(_Shifted):
-    """A removed MLP block: adds nothing (or its ``shift``) to the residual stream."""
+class NoMLP(_Removed):
+    """A removed MLP block: adds nothing (or its down_proj bias) to the residual stream."""
+
+    out_name = "down_proj"
+
+    def __init__(self, hidden: int, like: torch.Tensor | None = None, bias: bool = False):
+        super().__init__()
+        self.gate_proj = empty_linear(hidden, 0, like=like)
+        self.up_proj = empty_linear(hidden, 0, like=like)
+        self.down_proj = empty_linear(0, hidden, bias=bias, like=like)
+
+    @classmethod
+    def replacing(cls, mlp: nn.Module) -> "NoMLP":
+        return cls(mlp.down_proj.out_features, like=mlp.down_proj.weight)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self._out(hidden_states)
 
 
+def remove_blocks(layer: nn.Module, index: int, attention: bool, mlp: bool) -> None:
+    """Swap a decoder layer's attention and/or MLP (and the norm in front of each) for stand-ins."""
+    if attention and not isinstance(layer.self_attn, NoAttention):
+        layer.self_attn = NoAttention.replacing(layer.self_attn, index)
+        layer.input_layernorm = nn.Identity()
+    if mlp and not isinstance(layer.mlp, NoMLP):
+        layer.mlp = NoMLP.replacing(layer.mlp)
+        layer.post_attention_layernorm = nn.Identity()
+
+
 def block_ratio(shape: DenseShape, attention: Sequence[int], mlp: Sequence[int]) -> float:
-    """Fraction of the dense blocks' parameters removed (a whole layer also takes its two norms)."""
-    attn, mlp = set(attention), set(mlp)
-    removed = len(attn) * shape.attention_params(shape.n_heads, shape.n_kv_heads)
-    removed += len(mlp) * shape.mlp_params(shape.intermediate)
-    removed += len(attn & mlp) * 2 * shape.hidden
-    return removed / (shape.dense_layer_params * shape.n_layers)
+    """Fraction of the dense blocks' parameters removed (a removed block takes its norm with it)."""
+    return removal_plan(shape, attention, mlp).block_ratio
 
 
-def drop_blocks(model: nn.Module, attention: Sequence[int] = (), mlp: Sequence[int] = ()) -> nn.Module:
-    """Remove attention / MLP blocks (dense layer indices) from a dense model, in place."""
-    layers = model.model.layers
-    n = len(layers)
-    attn, mlps = set(int(i) for i in attention), set(int(i) for i in mlp)
-    bad = sorted(i for i in attn | mlps if not 0 <= i < n)
+def removal_plan(shape: DenseShape, attention: Sequence[int] = (), mlp: Sequence[int] = (),
+                 meta: dict | None = None) -> PruningPlan:
+    """The plan that keeps everything but the given attention / MLP blocks (dense layer indices)."""
+    attn, mlps = {int(i) for i in attention}, {int(i) for i in mlp}
+    bad = sorted(i for i in attn | mlps if not 0 <= i < shape.n_layers)
     if bad:
-        raise PPFError(f"layer index {bad[0]} is out of range for a {n}-layer model")
-    if hasattr(model, REMOVED_ATTR):
-        raise PPFError("blocks were already removed from this model; start from the dense model")
-    gone = attn & mlps
-    if len(gone) == n:
-        raise PPFError("that would remove every layer; remove fewer blocks")
-    for i, layer in enumerate(layers):
-        if i in attn and i not in gone:
-            layer.self_attn = NoAttention(i, layer.self_attn.head_dim)
-        if i in mlps and i not in gone:
-            layer.mlp = NoMLP()
-    kept = [layer for i, layer in enumerate(layers) if i not in gone]
-    model.model.layers = nn.ModuleList(kept)
-    for new_idx, layer in enumerate(kept):
-        layer.self_attn.layer_idx = new_idx
-    cfg = model.config
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in gone]
-    cfg.num_hidden_layers = len(kept)
-    setattr(model, REMOVED_ATTR, {"attention": sorted(attn), "mlp": sorted(mlps), "layers": sorted(gone)})
-    return model
+        raise PPFError(f"layer index {bad[0]} is out of range for a {shape.n_layers}-layer model")
+    full = PruningPlan.dense(shape).layers[0]
+    layers = tuple(LayerPlan(() if i in attn else full.heads, () if i in attn else full.kv_heads,
+                             () if i in mlps else full.channels) for i in range(shape.n_layers))
+    return PruningPlan(shape, layers, dict(meta or {}))
 
 
 def layer_calls(model: nn.Module, batch: torch.Tensor) -> list[tuple]:

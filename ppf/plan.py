@@ -1,5 +1,8 @@
 """A pruning plan: which heads, KV heads and MLP channels of every layer are KEPT.
 
+A layer that keeps no heads (and no KV heads) has no attention block, one that keeps no channels
+has no MLP block, one with neither is removed whole (depth pruning, :mod:`ppf.depth`).
+
 The plan is the hinge of ppf. A policy (method, a_eta) at a target ratio becomes a plan without
 touching any weight (:mod:`ppf.policy`); the plan gives the binary masks and the compressed
 (1, layers, heads) mask the predictor reads (:mod:`ppf.masks`); physical pruning applies it
@@ -54,16 +57,22 @@ class DenseShape:
 
     # ---- parameter counts of one decoder layer (its two norms are counted, never pruned) --------
     def attention_params(self, n_heads: int, n_kv_heads: int) -> int:
+        """q/k/v/o weights and biases of an attention with these head counts (0 heads: removed, 0)."""
+        if n_heads == 0:
+            return 0
         hd, h = self.head_dim, self.hidden
         n = h * hd * (n_heads + 2 * n_kv_heads) + n_heads * hd * h  # q, k, v, o weights
         n += hd * (n_heads + 2 * n_kv_heads) * self.qkv_bias + h * self.o_bias
         return n
 
     def mlp_params(self, channels: int) -> int:
+        if channels == 0:  # a removed MLP
+            return 0
         return 3 * self.hidden * channels + (2 * channels + self.hidden) * self.mlp_bias
 
     def layer_params(self, n_heads: int, n_kv_heads: int, channels: int) -> int:
-        norms = 2 * self.hidden
+        """One layer's parameters; a removed block (0 heads, 0 channels) takes its norm with it."""
+        norms = self.hidden * ((n_heads > 0) + (channels > 0))
         return self.attention_params(n_heads, n_kv_heads) + self.mlp_params(channels) + norms
 
     @property
@@ -78,6 +87,14 @@ class LayerPlan:
     heads: tuple[int, ...]
     kv_heads: tuple[int, ...]
     channels: tuple[int, ...]
+
+    @property
+    def has_attention(self) -> bool:
+        return bool(self.heads)
+
+    @property
+    def has_mlp(self) -> bool:
+        return bool(self.channels)
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,21 @@ class PruningPlan:
     def block_ratio(self) -> float:
         """The ACTUAL fraction of prunable block parameters removed."""
         return 1.0 - self.kept_block_params / self.dense_block_params
+
+    @property
+    def removed_attention(self) -> list[int]:
+        """Layers whose attention block is removed (no heads kept)."""
+        return [i for i, lp in enumerate(self.layers) if not lp.has_attention]
+
+    @property
+    def removed_mlp(self) -> list[int]:
+        """Layers whose MLP block is removed (no channels kept)."""
+        return [i for i, lp in enumerate(self.layers) if not lp.has_mlp]
+
+    @property
+    def removed_layers(self) -> list[int]:
+        """Layers removed whole (neither block kept)."""
+        return sorted(set(self.removed_attention) & set(self.removed_mlp))
 
     def layer_ratios(self) -> list[float]:
         dense = self.shape.dense_layer_params
@@ -153,14 +185,20 @@ def validate(plan: PruningPlan) -> None:
     s = plan.shape
     if len(plan.layers) != s.n_layers:
         raise PPFError(f"plan has {len(plan.layers)} layers, the model {s.n_layers}")
+    if len(plan.removed_layers) == s.n_layers:
+        raise PPFError(f"the plan removes all {s.n_layers} layers; keep at least one attention or MLP block")
     for i, lp in enumerate(plan.layers):
-        if not lp.heads or not lp.kv_heads or not lp.channels:
-            raise PPFError(f"plan layer {i} keeps no heads or no channels; every layer must keep at least one of each")
+        if bool(lp.heads) != bool(lp.kv_heads):
+            raise PPFError(f"plan layer {i} keeps {len(lp.heads)} query heads and {len(lp.kv_heads)} KV heads; "
+                           "an attention block keeps both or neither (neither: the block is removed)")
         if list(lp.heads) != sorted(set(lp.heads)) or list(lp.kv_heads) != sorted(set(lp.kv_heads)) \
                 or list(lp.channels) != sorted(set(lp.channels)):
             raise PPFError(f"plan layer {i}: indices must be sorted and unique")
-        if lp.heads[-1] >= s.n_heads or lp.kv_heads[-1] >= s.n_kv_heads or lp.channels[-1] >= s.intermediate:
+        if (lp.heads and (lp.heads[-1] >= s.n_heads or lp.kv_heads[-1] >= s.n_kv_heads)) \
+                or (lp.channels and lp.channels[-1] >= s.intermediate):
             raise PPFError(f"plan layer {i}: an index is beyond the dense shape")
+        if not lp.heads:
+            continue  # no attention block: no GQA rule to keep
         per_group: dict[int, int] = {}
         for h in lp.heads:
             per_group[h // s.groups] = per_group.get(h // s.groups, 0) + 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,46 +34,134 @@ from ppf.plan import DenseShape, PruningPlan
 IMPORTANCE_METHODS = ("lod", "esd", "bi", "uniform")
 A_ETA_MAX = 0.5  # the paper's range for the scaling factor: [0, 0.5]
 UNIT_KEYS = ("head", "kv", "channel")
+NORMS = ("minmax", "rank")  # how layer scores are scaled before Eq 4
+DEPTH_ORDERS = ("layers", "blocks")  # whole layers by Block Influence (ShortGPT) | BlockPruner's block order
+PARTS = ("norm", "keep", "depth", "order", "split")  # the extended text form's parts, in this order
 
 
 # ---- the policy --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Policy:
-    """An agent action: which layer-importance ``method`` and how strongly to follow it (``a_eta``).
+    """An agent action: which layer-importance ``method`` and how strongly to follow it (``a_eta``) —
+    the paper's policy — and, beyond it, where the allocation may go that (method, a_eta) cannot:
 
-    ``uniform`` ignores importance, so its ``a_eta`` is stored as 0: two uniform policies are equal.
+    * ``norm``: how the layer scores are scaled before Eq 4 — ``minmax`` (the paper: one outlier layer
+      squeezes all the others together) or ``rank`` (the scores' ranks, evenly spaced: an outlier is
+      just the first or last);
+    * ``first`` / ``last``: protected edge layers, never pruned (LLM-Pruner keeps 4 and 2);
+    * ``depth`` blocks removed first, in ``order``: ``layers`` — whole layers of lowest Block
+      Influence (ShortGPT) — or ``blocks`` — attention / MLP blocks in BlockPruner's greedy order;
+      the rest of the target is then width-pruned over the layers depth and protection left alone;
+    * ``split``: the share of a layer's removed parameters taken from its attention (the rest from
+      its MLP); ``None`` prunes both at the layer's ratio, as the paper does.
+
+    ``uniform`` ignores importance, so its ``a_eta`` (and ``norm``) are stored as defaults: two uniform
+    policies are equal. The text form is ``lod:0.2`` (the paper's policy) with optional parts,
+    e.g. ``lod:0.2,norm=rank,keep=4:2,depth=3,order=layers,split=0.1`` (:meth:`parse`, ``str``).
     """
 
     method: str
     a_eta: float = 0.0
+    norm: str = "minmax"
+    first: int = 0
+    last: int = 0
+    depth: int = 0
+    order: str = "layers"
+    split: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in IMPORTANCE_METHODS:
             raise PPFError(f"unknown importance method {self.method!r}; use one of {', '.join(IMPORTANCE_METHODS)}")
-        object.__setattr__(self, "a_eta", 0.0 if self.method == "uniform" else check_a_eta(self.a_eta))
+        uniform = self.method == "uniform"
+        object.__setattr__(self, "a_eta", 0.0 if uniform else check_a_eta(self.a_eta))
+        if self.norm not in NORMS:
+            raise PPFError(f"unknown score normalisation norm={self.norm!r}; use one of {', '.join(NORMS)}")
+        if uniform:
+            object.__setattr__(self, "norm", "minmax")
+        for name in ("first", "last", "depth"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise PPFError(f"{name}={v!r} must be a whole number >= 0")
+            object.__setattr__(self, name, int(v))
+        if self.order not in DEPTH_ORDERS:
+            raise PPFError(f"unknown depth order={self.order!r}; use one of {', '.join(DEPTH_ORDERS)}")
+        if self.depth == 0:
+            object.__setattr__(self, "order", "layers")
+        if self.split is not None:
+            try:
+                x = float(self.split)
+            except (TypeError, ValueError):
+                raise PPFError(f"split={self.split!r} is not a number; use the attention share in [0, 1], e.g. split=0.25") from None
+            if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+                raise PPFError(f"split={self.split!r} is outside [0, 1]; it is the share of a layer's reduction "
+                               "taken from attention, e.g. split=0.25")
+            object.__setattr__(self, "split", x)
+
+    def with_parts(self, parts: str) -> "Policy":
+        """This policy with the extended ``parts`` of the text form (``",norm=rank,keep=2:1"``) added."""
+        return Policy.parse(str(self) + parts) if parts else self
+
+    @property
+    def is_paper(self) -> bool:
+        """True for the paper's (method, a_eta) policy: none of the extended parts in use."""
+        return (self.norm, self.first, self.last, self.depth, self.split) == ("minmax", 0, 0, 0, None)
 
     @classmethod
     def parse(cls, text: str) -> "Policy":
-        """``"lod:0.2"``, ``"esd:0.1"``, ``"bi:0.3"`` or ``"uniform"`` (case and spaces ignored)."""
+        """``"lod:0.2"``, ``"esd:0.1"``, ``"bi:0.3"`` or ``"uniform"``, optionally followed by
+        ``,norm=minmax|rank``, ``,keep=FIRST:LAST``, ``,depth=N``, ``,order=layers|blocks``,
+        ``,split=S`` (case and spaces ignored)."""
         if not isinstance(text, str):
             raise PPFError(f"policy {text!r} is not text; write it as method:a_eta, e.g. lod:0.2")
-        method, sep, value = text.strip().lower().partition(":")
+        head, *parts = [p.strip() for p in text.strip().lower().split(",")]
+        method, sep, value = head.partition(":")
         method, value = method.strip(), value.strip()
-        if method == "uniform" and not sep:
-            return cls("uniform")
         if method not in IMPORTANCE_METHODS:
             raise PPFError(f"unknown importance method {method!r} in policy {text!r}; use one of {', '.join(IMPORTANCE_METHODS)}")
-        if not sep or not value:
+        if method == "uniform" and not sep:
+            a = 0.0
+        elif not sep or not value:
             raise PPFError(f"policy {text!r} has no scaling factor; write it as {method}:<a_eta>, e.g. {method}:0.2")
-        try:
-            a = float(value)
-        except ValueError:
-            raise PPFError(f"a_eta {value!r} in policy {text!r} is not a number; write e.g. {method}:0.2") from None
-        return cls(method, a)
+        else:
+            try:
+                a = float(value)
+            except ValueError:
+                raise PPFError(f"a_eta {value!r} in policy {text!r} is not a number; write e.g. {method}:0.2") from None
+        kw: dict[str, Any] = {}
+        for part in parts:
+            key, eq, val = (x.strip() for x in part.partition("="))
+            if key not in PARTS or not eq or not val:
+                raise PPFError(f"unknown part {part!r} in policy {text!r}; the parts after the method are "
+                               "norm=minmax|rank, keep=FIRST:LAST, depth=N, order=layers|blocks, split=S")
+            if key in kw or (key == "keep" and "first" in kw):
+                raise PPFError(f"policy {text!r} gives {key} twice; give each part once")
+            if key in ("norm", "order"):
+                kw[key] = val
+            elif key == "split":
+                kw["split"] = val
+            else:
+                nums = val.split(":") if key == "keep" else [val]
+                if len(nums) != (2 if key == "keep" else 1) or not all(n.strip().isdigit() for n in nums):
+                    want = "keep=FIRST:LAST with whole numbers, e.g. keep=4:2" if key == "keep" else "depth=N, e.g. depth=3"
+                    raise PPFError(f"{part!r} in policy {text!r} is not {want}")
+                if key == "keep":
+                    kw["first"], kw["last"] = int(nums[0]), int(nums[1])
+                else:
+                    kw["depth"] = int(nums[0])
+        return cls(method, a, **kw)
 
     def __str__(self) -> str:
         # repr(float) is the shortest text that round-trips, so parse(str(p)) == p for any a_eta
-        return "uniform" if self.method == "uniform" else f"{self.method}:{self.a_eta!r}"
+        out = "uniform" if self.method == "uniform" else f"{self.method}:{self.a_eta!r}"
+        if self.norm != "minmax":
+            out += f",norm={self.norm}"
+        if self.first or self.last:
+            out += f",keep={self.first}:{self.last}"
+        if self.depth:
+            out += f",depth={self.depth},order={self.order}"
+        if self.split is not None:
+            out += f",split={self.split!r}"
+        return out
 
 
 def check_a_eta(a_eta: float) -> float:
@@ -216,15 +304,20 @@ class _Rounder:
         # ties in size: prefer more query heads (more of what o_proj writes to the residual stream)
         gq.sort(key=lambda c: (-s.attention_params(c[0] * c[1], c[0]), -c[0] * c[1]))
         attn = np.array([s.attention_params(g * q, g) for g, q in gq], dtype=np.float64)
-        per_channel = s.mlp_params(1) - s.mlp_params(0)
-        fixed = s.layer_params(1, 1, 0) - s.attention_params(1, 1)
+        per_channel = s.mlp_params(2) - s.mlp_params(1)
+        # what a layer with attention and >= 1 channel has besides them: two norms (and a down_proj bias)
+        fixed = s.layer_params(1, 1, 1) - s.attention_params(1, 1) - per_channel
         return cls(np.array(gq, dtype=np.int64), attn, s.attention_params(s.n_heads, s.n_kv_heads),
                    s.dense_layer_params, per_channel, fixed, s.intermediate)
 
-    def __call__(self, ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(config index, channels, kept layer params) per layer for layer ratios in [0, 1)."""
+    def __call__(self, ratios: np.ndarray, split: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(config index, channels, kept layer params) per layer for layer ratios in [0, 1).
+
+        ``split`` is the share of each layer's removed parameters taken from attention (None: the
+        attention at the layer's ratio); the MLP takes the rest either way."""
         keep = 1.0 - ratios
-        k = np.abs(self.attn[None, :] - keep[:, None] * self.dense_attn).argmin(axis=1)  # first = tie rule
+        want = keep * self.dense_attn if split is None else self.dense_attn - split * ratios * self.dense_layer
+        k = np.abs(self.attn[None, :] - want[:, None]).argmin(axis=1)  # first = tie rule
         attn = self.attn[k]
         c = np.floor((keep * self.dense_layer - attn - self.fixed) / self.per_channel + 0.5)
         c = np.clip(c, 1, self.intermediate)
@@ -232,18 +325,62 @@ class _Rounder:
 
 
 # ---- the plan ----------------------------------------------------------------------------------
+def _normalised(h: np.ndarray, norm: str) -> np.ndarray:
+    """Layer scores as Eq 4 reads them: as given (``minmax``: Eq 4 scales by the span itself) or their
+    ranks, evenly spaced in [0, 1] (``rank``: an outlier is only the highest, not far away)."""
+    if norm == "minmax" or h.size < 2:
+        return h
+    return np.argsort(np.argsort(h, kind="stable"), kind="stable") / (h.size - 1.0)
+
+
+def removed_by_depth(policy: Policy, shape: DenseShape, protected: np.ndarray, bi: Sequence[float] | None,
+                     block_order: Sequence[Sequence[Any]] | None) -> tuple[set[int], set[int]]:
+    """(attention layers, MLP layers) the policy's depth part removes, never a protected layer."""
+    if policy.depth == 0:
+        return set(), set()
+    free = [i for i in range(shape.n_layers) if not protected[i]]
+    if policy.order == "layers":
+        if bi is None:
+            raise PPFError("depth order 'layers' needs Block Influence (bi) layer scores; recompute the importance with bi")
+        if policy.depth >= len(free):
+            raise PPFError(f"depth={policy.depth} removes every one of the {len(free)} layers left to prune "
+                           f"(of {shape.n_layers}); use depth < {len(free)}")
+        b = np.asarray(bi, dtype=np.float64)
+        chosen = sorted(free, key=lambda i: (b[i], i))[: policy.depth]
+        return set(chosen), set(chosen)
+    if block_order is None:
+        raise PPFError("depth order 'blocks' needs BlockPruner's block order, which this planner was not given "
+                       "(the library takes it as Planner.block_order, from ppf.baselines.blockpruner.prepare); "
+                       "use order=layers")
+    steps = [(str(k), int(i)) for k, i in block_order if not protected[int(i)]]
+    if policy.depth > len(steps):
+        raise PPFError(f"depth={policy.depth} asks for more blocks than BlockPruner's order has ({len(steps)} "
+                       "outside the protected layers); lower depth or compute a longer order")
+    attn = {i for k, i in steps[: policy.depth] if k == "attention"}
+    mlp = {i for k, i in steps[: policy.depth] if k == "mlp"}
+    if len(attn & mlp) == shape.n_layers:
+        raise PPFError(f"depth={policy.depth} removes every layer; use a smaller depth")
+    return attn, mlp
+
+
 def plan_for(policy: Policy | str, target: float, H: Sequence[float] | None,
              units: "Mapping[str, Any] | UnitRanks | None", shape: DenseShape,
-             max_layer_ratio: float = 0.9, tol: float = 0.005) -> PruningPlan:
+             max_layer_ratio: float = 0.9, tol: float = 0.005, bi: Sequence[float] | None = None,
+             block_order: Sequence[Sequence[Any]] | None = None) -> PruningPlan:
     """The pruning plan of ``policy`` at ``target``, whose ACTUAL block ratio is within ``tol`` of it.
 
-    Layer ratios are Eqs 4-5 (:func:`requested_ratios`) plus one common offset δ, clipped to
-    [0, max_layer_ratio]; δ is found by bisection on the rounded block ratio, which rises with δ
-    (up to dips of about one MLP channel where a layer's attention changes size).
+    The policy's depth part removes its blocks first (whole layers in ``bi`` order, or the first
+    ``depth`` blocks of BlockPruner's ``block_order``: ``[(kind, layer), ...]``); protected edge layers
+    stay dense. The rest of the target is width-pruned over the layers neither touched: their ratios
+    are Eqs 4-5 (:func:`requested_ratios`, on the ``norm``-scaled scores of those layers) plus one
+    common offset δ, clipped to [0, max_layer_ratio]; δ is found by bisection on the rounded block
+    ratio, which rises with δ (up to dips of about one MLP channel where a layer's attention changes
+    size). ``split`` decides how each layer's reduction divides between attention and MLP.
     ``H`` may be None for ``uniform``. ``units`` are the unit scores (see :meth:`UnitRanks.of`;
-    pass a prebuilt :class:`UnitRanks` when planning many policies for one model). ``meta`` records the policy, the target, the
-    actual ratio, the requested (Eq 5) ratios, δ, the corrected ratios before rounding (``ratios``)
-    and the actual per-layer ratios after it (``layer_ratios``).
+    pass a prebuilt :class:`UnitRanks` when planning many policies for one model). ``meta`` records
+    the policy, the target, the actual ratio, the requested (Eq 5) ratios, δ, the corrected ratios
+    before rounding (``ratios``), the actual per-layer ratios after it (``layer_ratios``) and the
+    removed blocks. For a paper policy (no extended part) this is exactly the paper's mapping.
     """
     if not isinstance(policy, Policy):
         policy = Policy.parse(policy)
@@ -251,50 +388,120 @@ def plan_for(policy: Policy | str, target: float, H: Sequence[float] | None,
     m = check_ratio(max_layer_ratio, "max_layer_ratio")
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise PPFError(f"tol {tol!r} must be a small positive number, e.g. 0.005")
-    h = _scores(np.zeros(shape.n_layers) if H is None and policy.method == "uniform" else H)
-    if h.size != shape.n_layers:
-        raise PPFError(f"layer scores H have {h.size} entries, the model has {shape.n_layers} layers; "
+    n = shape.n_layers
+    h = _scores(np.zeros(n) if H is None and policy.method == "uniform" else H)
+    if h.size != n:
+        raise PPFError(f"layer scores H have {h.size} entries, the model has {n} layers; "
                        "recompute the importance for this model")
-    requested = requested_ratios(h, target, policy.a_eta)
+    if policy.first + policy.last >= n:
+        raise PPFError(f"keep={policy.first}:{policy.last} protects {policy.first + policy.last} layers of {n}, "
+                       f"leaving none to prune; keep fewer than {n} edge layers")
+    protected = np.zeros(n, dtype=bool)
+    protected[: policy.first] = True
+    protected[n - policy.last:] = True
+    attn_gone, mlp_gone = removed_by_depth(policy, shape, protected, bi, block_order)
     ranks = UnitRanks.of(units, shape)
     rounder = _Rounder.of(shape)
-    dense_total = float(shape.dense_layer_params * shape.n_layers)
+    dense_total = float(shape.dense_layer_params * n)
+    touched = np.array([i in attn_gone or i in mlp_gone for i in range(n)])
+    width = ~protected & ~touched  # the layers width pruning may cut
+    fixed_kept = sum(shape.layer_params(0 if i in attn_gone else shape.n_heads, 0 if i in attn_gone else shape.n_kv_heads,
+                                        0 if i in mlp_gone else shape.intermediate) for i in range(n) if not width[i])
+    depth_ratio = 1.0 - (fixed_kept + shape.dense_layer_params * width.sum()) / dense_total
+    if depth_ratio > target + tol:
+        raise PPFError(f"depth={policy.depth} ({policy.order}) already removes {depth_ratio:.4f} of the block "
+                       f"parameters, more than the target {target}; use a smaller depth")
+
+    requested = np.zeros(n)
+    if width.any():
+        requested[width] = requested_ratios(_normalised(h[width], policy.norm), target, policy.a_eta)
+    split = policy.split
 
     def actual(delta: float) -> float:
-        return 1.0 - rounder(np.clip(requested + delta, 0.0, m))[2].sum() / dense_total
+        kept = rounder(np.clip(requested[width] + delta, 0.0, m), split)[2].sum()
+        return 1.0 - (kept + fixed_kept) / dense_total
 
-    lo, hi = -float(requested.max()), m - float(requested.min())  # all layers at 0 .. all at m
-    reach = actual(hi)
-    if reach < target - tol:
-        raise PPFError(f"target {target} is above what any policy can reach with max_layer_ratio {m} "
-                       f"(at most {reach:.4f} for this model's heads and channels); lower the target "
-                       "or raise max_layer_ratio")
-    best, best_actual = 0.0, actual(0.0)  # δ = 0 keeps the policy exactly, if it is close enough
-    for _ in range(64):
-        if abs(best_actual - target) <= tol / 10 or hi - lo < 1e-12:
-            break
-        mid = 0.5 * (lo + hi)
-        a = actual(mid)
-        if abs(a - target) < abs(best_actual - target):
-            best, best_actual = mid, a
-        lo, hi = (mid, hi) if a < target else (lo, mid)
+    best, best_actual = 0.0, depth_ratio
+    cut = target - depth_ratio > tol / 10  # whether width pruning has anything left to do
+    if cut:
+        if not width.any():
+            raise PPFError(f"the policy leaves no layer to width-prune and its depth reaches {depth_ratio:.4f}, "
+                           f"not the target {target}; protect fewer layers or change depth")
+        lo, hi = -float(requested[width].max()), m - float(requested[width].min())  # all at 0 .. all at m
+        reach = actual(hi)
+        if reach < target - tol:
+            where = "" if policy.is_paper else f" and the layers policy {policy} leaves to width pruning"
+            raise PPFError(f"target {target} is above what any policy can reach with max_layer_ratio {m} "
+                           f"(at most {reach:.4f} for this model's heads and channels{where}); lower the target, "
+                           "raise max_layer_ratio" + ("" if policy.is_paper else ", or protect fewer layers"))
+        best, best_actual = 0.0, actual(0.0)  # δ = 0 keeps the policy exactly, if it is close enough
+        for _ in range(64):
+            if abs(best_actual - target) <= tol / 10 or hi - lo < 1e-12:
+                break
+            mid = 0.5 * (lo + hi)
+            a = actual(mid)
+            if abs(a - target) < abs(best_actual - target):
+                best, best_actual = mid, a
+            lo, hi = (mid, hi) if a < target else (lo, mid)
     if abs(best_actual - target) > tol:
         raise PPFError(f"target {target} cannot be met within ±{tol} (closest: {best_actual:.4f}): "
                        "this model's heads and channels are too coarse; raise tol")
 
-    ratios = np.clip(requested + best, 0.0, m)
-    k, channels, _ = rounder(ratios)
-    g, q = rounder.configs[k, 0], rounder.configs[k, 1]
+    ratios = np.where(width & cut, np.clip(requested + best, 0.0, m), 0.0)
+    k, channels, _ = rounder(ratios, split)
+    g, q = rounder.configs[k, 0].copy(), rounder.configs[k, 1].copy()
+    channels = channels.copy()
+    g[~width], q[~width], channels[~width] = shape.n_kv_heads, shape.groups, shape.intermediate
+    for i in attn_gone:
+        g[i] = q[i] = 0
+    for i in mlp_gone:
+        channels[i] = 0
     kv_keep = ranks.kv < g[:, None]
     head_keep = np.repeat(kv_keep, shape.groups, axis=1) & (ranks.head < q[:, None])
     channel_keep = ranks.channel < channels[:, None]
     meta = {"policy": str(policy), "method": policy.method, "a_eta": policy.a_eta, "target": target,
             "max_layer_ratio": m, "tol": float(tol), "offset": float(best),
             "requested": [float(x) for x in requested], "ratios": [float(x) for x in ratios]}
+    if not policy.is_paper:
+        meta |= {"norm": policy.norm, "keep": [policy.first, policy.last], "depth": policy.depth,
+                 "order": policy.order, "split": policy.split,
+                 "removed": {"attention": sorted(attn_gone), "mlp": sorted(mlp_gone)}}
     plan = PruningPlan.from_masks(shape, head_keep, kv_keep, channel_keep, meta)
     plan.meta["actual"] = plan.block_ratio
     plan.meta["layer_ratios"] = plan.layer_ratios()
     return plan
+
+
+def reach(policy: Policy, shape: DenseShape, max_layer_ratio: float = 0.9) -> float:
+    """The largest block ratio ``policy`` can reach on a model of ``shape``: its removed whole layers
+    gone, its protected layers dense, every other layer at ``max_layer_ratio`` (after rounding, with
+    the policy's attention share). Which layers depth removes does not matter: dense layers are alike."""
+    n = shape.n_layers
+    free = max(0, n - policy.first - policy.last)
+    removed = min(policy.depth, max(0, free - 1)) if policy.order == "layers" else 0
+    kept = _Rounder.of(shape)(np.full(max(0, free - removed), float(max_layer_ratio)), policy.split)[2].sum()
+    kept += shape.dense_layer_params * (n - free)
+    return 1.0 - float(kept) / float(shape.dense_layer_params * n)
+
+
+def feasible(policy: Policy, ratio: float, shape: DenseShape, max_layer_ratio: float = 0.9,
+             margin: float = 0.01) -> Policy:
+    """``policy`` made able to reach ``ratio`` by giving up what stands in the way, in this order: whole
+    layers beyond what ``ratio`` holds, protected layers (the larger side first), then the attention
+    share (back to the paper's: attention at the layer's ratio). The agent's relaxed actions and the
+    collection's draws go through it, so every policy they produce plans; an explicit policy is
+    planned as given (and refused with a clear error if it cannot)."""
+    n = shape.n_layers
+    depth = min(policy.depth, int(ratio * n + 1e-9)) if policy.order == "layers" else policy.depth
+    p = replace(policy, depth=depth) if depth != policy.depth else policy
+    while reach(p, shape, max_layer_ratio) < ratio + margin:
+        if p.first or p.last:
+            p = replace(p, first=p.first - 1) if p.first >= p.last else replace(p, last=p.last - 1)
+        elif p.split is not None:
+            p = replace(p, split=None)
+        else:
+            break
+    return p
 
 
 # ---- one dense model's planner -------------------------------------------------------------------
@@ -310,16 +517,18 @@ class Planner:
     ranks: UnitRanks
     max_layer_ratio: float
     tolerance: float
+    block_order: tuple[tuple[str, int], ...] | None = None  # BlockPruner's greedy order, where computed
 
     def plan(self, policy: Policy, ratio: float) -> PruningPlan:
         H = self.layer_scores.get(policy.method)
         if H is None and policy.method != "uniform":
             raise PPFError(f"no '{policy.method}' layer scores in the importance cache; known: {', '.join(self.layer_scores)}")
-        return plan_for(policy, ratio, H, self.ranks, self.shape, self.max_layer_ratio, self.tolerance)
+        return plan_for(policy, ratio, H, self.ranks, self.shape, self.max_layer_ratio, self.tolerance,
+                        bi=self.layer_scores.get("bi"), block_order=self.block_order)
 
     def plan_scores(self, scores: Sequence[float], a_eta: float, ratio: float) -> PruningPlan:
         """A plan from ANY per-layer scores (higher = pruned less) through Eqs 4-5: with a_eta = half
         the spread of the wanted ratios, every ratio vector of mean ``ratio`` is reachable — the search
-        space of :mod:`ppf.search`, and how LLM-Pruner's kept edge layers are expressed."""
+        space of :mod:`ppf.search`."""
         return plan_for(Policy("lod", a_eta), ratio, scores, self.ranks, self.shape, self.max_layer_ratio,
                         self.tolerance)

@@ -4,7 +4,9 @@ Every decoder layer loses the weight slices of the units the plan drops:
 
 * dropped query heads: their ``head_dim`` rows of ``q_proj`` (and bias) and columns of ``o_proj``;
 * dropped KV heads (whole GQA groups): their rows of ``k_proj`` / ``v_proj`` (and biases);
-* dropped MLP channels: their rows of ``gate_proj`` / ``up_proj`` and columns of ``down_proj``.
+* dropped MLP channels: their rows of ``gate_proj`` / ``up_proj`` and columns of ``down_proj``;
+* a removed attention or MLP block (no heads / no channels kept): a zero-width stand-in
+  (:mod:`ppf.depth`), the norm in front of it removed too.
 
 The slicing is done by torch-pruning's low-level functions (``prune_linear_out_channels`` /
 ``prune_linear_in_channels``, which take the indices to REMOVE). Its dependency-graph pruner
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from ppf.arch import layers
+from ppf.depth import remove_blocks, removal_plan
 from ppf.errors import PPFError
 from ppf.plan import DenseShape, PruningPlan
 
@@ -97,17 +100,21 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     s = plan.shape
     hd = s.head_dim
     for view, lp in zip(layers(model), plan.layers):
+        if not (lp.has_attention and lp.has_mlp):  # a removed block: a zero-width stand-in (ppf.depth)
+            remove_blocks(view.module, view.index, not lp.has_attention, not lp.has_mlp)
         drop_heads = _removed(lp.heads, s.n_heads)
         drop_kv = _removed(lp.kv_heads, s.n_kv_heads)
         drop_ch = _removed(lp.channels, s.intermediate)
-        _out(view.q_proj, _head_rows(drop_heads, hd))
-        _in(view.o_proj, _head_rows(drop_heads, hd))
-        _out(view.k_proj, _head_rows(drop_kv, hd))
-        _out(view.v_proj, _head_rows(drop_kv, hd))
-        _out(view.gate_proj, drop_ch)
-        _out(view.up_proj, drop_ch)
-        _in(view.down_proj, drop_ch)
-        set_attention_bookkeeping(view.module.self_attn, len(lp.heads), len(lp.kv_heads))
+        if lp.has_attention:
+            _out(view.q_proj, _head_rows(drop_heads, hd))
+            _in(view.o_proj, _head_rows(drop_heads, hd))
+            _out(view.k_proj, _head_rows(drop_kv, hd))
+            _out(view.v_proj, _head_rows(drop_kv, hd))
+            set_attention_bookkeeping(view.module.self_attn, len(lp.heads), len(lp.kv_heads))
+        if lp.has_mlp:
+            _out(view.gate_proj, drop_ch)
+            _out(view.up_proj, drop_ch)
+            _in(view.down_proj, drop_ch)
     setattr(model, PLAN_ATTR, plan)
     return model
 
@@ -124,3 +131,11 @@ def set_attention_bookkeeping(attn: nn.Module, n_heads: int, n_kv_heads: int) ->
                         ("num_key_value_heads", n_kv_heads)):
         if hasattr(attn, name):
             setattr(attn, name, value)
+
+
+def drop_blocks(model: nn.Module, attention: Sequence[int] = (), mlp: Sequence[int] = ()) -> nn.Module:
+    """Remove attention / MLP blocks (dense layer indices) from a dense model, in place: the plan that
+    removes only those blocks (:func:`ppf.depth.removal_plan`), applied by :func:`prune_model`."""
+    plan = removal_plan(DenseShape.of(model), attention, mlp,
+                        {"removed": {"attention": sorted(set(attention)), "mlp": sorted(set(mlp))}})
+    return prune_model(model, plan)

@@ -173,13 +173,16 @@ class Workbench:
         return dense_statistics(self.model, self.compensation_tokens, self.params.js.batch_size,
                                 gram=pp.compensation == "lsq" and pp.compensation_inputs == "dense")
 
-    def pruned(self, plan: PruningPlan, compensation: str | None = None) -> nn.Module:
+    def pruned(self, plan: PruningPlan, compensation: str | None = None, blocks: str | None = None) -> nn.Module:
         """The dense model pruned to ``plan`` (a copy; the dense model stays as it is), then compensated
         (``pruning.compensation`` unless ``compensation`` says otherwise; its stats in ``model.ppf_compensation``,
-        the shared dense statistics' one-time cost in its ``statistics_s`` when this call gathered them)."""
+        the shared dense statistics' one-time cost in its ``statistics_s`` when this call gathered them).
+        The plan's removed blocks are replaced as ``pruning.removed_blocks`` says (``blocks`` overrides it;
+        ``compensation="none"`` alone means none for them too: the uncompensated model)."""
         pp = self.params.pruning
         model = prune_model(self.copy(), plan)
         method = compensation or pp.compensation
+        blocks = blocks or ("none" if compensation == "none" else pp.removed_blocks)
         dense_inputs = method != "none" and pp.compensation_inputs == "dense"
         first = dense_inputs and "statistics" not in self.__dict__
         shared = self.statistics if dense_inputs and (method == "bias" or self.statistics.has_gram) else None
@@ -187,16 +190,24 @@ class Workbench:
                                             self.params.js.batch_size, pp.compensation_inputs, shared)
         if first and shared is not None:
             model.ppf_compensation["statistics_s"] = shared.seconds
+        if plan.removed_attention or plan.removed_mlp:
+            first = blocks != "none" and "statistics" not in self.__dict__
+            done = self.with_blocks_compensated(model, blocks, store=False)
+            model.ppf_compensation |= {"removed_blocks": done["method"], "blocks": done["blocks"]}
+            model.ppf_compensation["seconds"] += done["seconds"]
+            if first:
+                model.ppf_compensation["statistics_s"] = self.statistics.seconds
         return model
 
-    def with_blocks_compensated(self, model: nn.Module, method: str | None = None) -> nn.Module:
-        """A depth-pruned ``model`` with its removed blocks replaced as ``pruning.removed_blocks`` (or
-        ``method``) says, in place; its stats in ``model.ppf_compensation``."""
+    def with_blocks_compensated(self, model: nn.Module, method: str | None = None, store: bool = True) -> dict:
+        """Replace the removed blocks of a pruned ``model`` as ``pruning.removed_blocks`` (or ``method``)
+        says, in place; returns the stats (also stored as ``model.ppf_compensation`` with ``store``)."""
         method = method or self.params.pruning.removed_blocks
         st = self.statistics if method != "none" else None
-        model.ppf_compensation = compensate_blocks(model, st, method) if st is not None else \
-            {"method": "none", "seconds": 0.0, "blocks": 0}
-        return model
+        out = compensate_blocks(model, st, method) if st is not None else {"method": "none", "seconds": 0.0, "blocks": 0}
+        if store:
+            model.ppf_compensation = out
+        return out
 
     @torch.no_grad()
     def js(self, model: nn.Module) -> float:

@@ -27,7 +27,7 @@ from ppf.predictor import TrainConfig, recipe
 from ppf.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parent.parent
-INPUTS = ["o_proj", "attention", "mlp", "o_proj+mlp"]
+INPUTS = ["o_proj", "attention", "mlp", "o_proj+mlp", "blocks"]
 ARCHS = {"base (no SA, SPP, density)": dict(attention=False, spp=False, density=False),
          "without SA": dict(attention=False), "without SPP": dict(spp=False),
          "without density": dict(density=False), "full": {}}
@@ -54,23 +54,30 @@ def main() -> None:
             cfg = recipe.net_config(params, d.images.shape[1], **over)
             tc = TrainConfig(**{**recipe.train_config(params).__dict__, "epochs": epochs, "seed": seed})
             *_, s = recipe.train_and_score(d, cfg, tc)
+            s = {k: v for k, v in s.items() if not isinstance(v, dict)}
+            s.setdefault("spearman_within_ratio", float("nan"))
             rows.append({"group": group, "variant": name, "input": kind, "seed": seed, **s,
                          "train_s": time.perf_counter() - t})
-            print(f"{group:12s} {name:28s} seed {seed}: MAE {s['mae']:.4f}  Spearman {s['spearman']:.4f}", flush=True)
+            print(f"{group:12s} {name:28s} seed {seed}: MAE {s['mae']:.4f}  Spearman {s['spearman']:.4f}  "
+                  f"within-ratio {s['spearman_within_ratio']:.4f}", flush=True)
     df = pd.DataFrame(rows)
     out = ROOT / "studies" / "results"
     write_text_atomic(out / "predictor_ablation.csv", df.to_csv(index=False, float_format="%.6g"))
     y = data[INPUTS[0]].y
     table = df.groupby(["group", "variant"], sort=False).agg(
         mae=("mae", "mean"), mae_std=("mae", "std"), spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
+        within=("spearman_within_ratio", "mean"), within_std=("spearman_within_ratio", "std"),
+        distinct=("distinct_predictions", "mean"),
         rmse=("rmse", "mean"), r2=("r2", "mean"), train_s=("train_s", "mean")).reset_index()
     lines = [f"# Predictor ablations ({len(data[INPUTS[0]].train)} train / {len(data[INPUTS[0]].test)} held-out samples, "
              f"held out by {params.predictor.split}; {epochs} epochs; mean ± std over seeds {args.seeds}; "
              f"JS range {y.min():.3f}-{y.max():.3f})", "",
-             "| group | variant | MAE | MAE % of range | Spearman | RMSE | R² | train s |", "|---|---|---|---|---|---|---|---|"]
+             "| group | variant | MAE | MAE % of range | Spearman | within-ratio Spearman (collect.within) | "
+             "distinct predictions | RMSE | R² | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.group} | {r.variant} | {r.mae:.4f} ± {r.mae_std:.4f} | {100 * r.mae / (y.max() - y.min()):.2f} | "
-                     f"{r.spearman:.4f} ± {r.spearman_std:.4f} | {r.rmse:.4f} | {r.r2:.4f} | {r.train_s:.0f} |")
+                     f"{r.spearman:.4f} ± {r.spearman_std:.4f} | {r.within:.4f} ± {r.within_std:.4f} | {r.distinct:.0f} | "
+                     f"{r.rmse:.4f} | {r.r2:.4f} | {r.train_s:.0f} |")
     write_text_atomic(out / "predictor_ablation.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

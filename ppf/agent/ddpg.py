@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ppf.agent.env import ACTION_DIM, PruningEnv, Scorer
+from ppf.agent.env import PAPER_SPACE, ActionSpace, PruningEnv, Scorer
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,14 @@ def _callbacks(history: History, decay: float, on_episode: Callable[[dict], None
 
 
 def train_agent(scorer: Scorer, alpha: float, beta: float, config: AgentConfig,
-                on_episode: Callable[[dict], None] = lambda ep: None) -> tuple[nn.Sequential, History]:
+                on_episode: Callable[[dict], None] = lambda ep: None,
+                space: ActionSpace = PAPER_SPACE) -> tuple[nn.Sequential, History]:
     """Train DDPG on ratios in [α, β]; return the deterministic actor (ratio → action) and the history."""
     from stable_baselines3 import DDPG
     from stable_baselines3.common.noise import NormalActionNoise
 
-    env = PruningEnv(scorer, alpha, beta, config.window, seed=config.seed)
-    noise = NormalActionNoise(np.zeros(ACTION_DIM), config.noise * np.ones(ACTION_DIM))
+    env = PruningEnv(scorer, alpha, beta, config.window, seed=config.seed, space=space)
+    noise = NormalActionNoise(np.zeros(space.dim), config.noise * np.ones(space.dim))
     model = DDPG("MlpPolicy", env, learning_rate=config.learning_rate, buffer_size=config.buffer_size,
                  learning_starts=config.learning_starts, batch_size=config.batch_size, tau=config.tau,
                  gamma=config.gamma, train_freq=(1, "episode"), gradient_steps=config.gradient_steps,
@@ -96,11 +97,11 @@ def train_agent(scorer: Scorer, alpha: float, beta: float, config: AgentConfig,
     return actor, history
 
 
-def build_actor(net_arch: tuple[int, ...]) -> nn.Sequential:
+def build_actor(net_arch: tuple[int, ...], action_dim: int = PAPER_SPACE.dim) -> nn.Sequential:
     """An empty actor of the same layout as SB3's (its ``state_dict`` keys match)."""
     from stable_baselines3.common.torch_layers import create_mlp
 
-    return nn.Sequential(*create_mlp(1, ACTION_DIM, list(net_arch), squash_output=True)).eval()
+    return nn.Sequential(*create_mlp(1, action_dim, list(net_arch), squash_output=True)).eval()
 
 
 @torch.no_grad()

@@ -1,9 +1,11 @@
 """The agent's world (paper, "The Pruning Framework"): ratios in, policies out, −PPR back.
 
-State: the target ratio r (rescaled onto [−1, 1] over the trained range, :func:`observe`). Action: a point of the box [−1, 1]^4 that :func:`decode` reads as a
+State: the target ratio r (rescaled onto [−1, 1] over the trained range, :func:`observe`). Action: a point of the box [−1, 1]^d that :func:`decode` reads as a
 policy — the first three coordinates are scores of the importance methods (lod, esd, bi; the
 highest wins, the usual continuous relaxation of a discrete choice for an actor-critic agent),
-the last one is a_eta mapped linearly from [−1, 1] onto [0, 0.5]. Reward (Eq. 6): −JS / r_act,
+the fourth is a_eta mapped linearly from [−1, 1] onto [0, 0.5]; beyond the paper, one coordinate
+per extended part the :class:`ActionSpace` has on (normalisation, protected edge layers, depth,
+attention share), the discrete ones rounded. Reward (Eq. 6): −JS / r_act,
 JS from the predictor, r_act the plan's ACTUAL ratio.
 
 An episode is one sampling window (Eqs 1–3): [α, β] cut into k equal sub-intervals, one ratio
@@ -15,12 +17,15 @@ about it — the agent is trained with a small discount (``gamma``, 0 by default
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from ppf.errors import PPFError
-from ppf.policy import A_ETA_MAX, Policy, check_ratio
+from ppf.plan import DenseShape
+from ppf.policy import A_ETA_MAX, Policy, check_ratio, feasible
 
 AGENT_METHODS = ("lod", "esd", "bi")
 ACTION_DIM = len(AGENT_METHODS) + 1
@@ -29,22 +34,119 @@ ACTION_DIM = len(AGENT_METHODS) + 1
 Scorer = Callable[[Policy, float], tuple[float, float]]
 
 
-def decode(action: np.ndarray) -> Policy:
-    """An action in [−1, 1]^4 → (method = argmax of the first three, a_eta from the last)."""
-    a = np.clip(np.asarray(action, dtype=np.float64).ravel(), -1.0, 1.0)
-    if a.size != ACTION_DIM:
-        raise PPFError(f"an action has {ACTION_DIM} numbers (3 method scores + a_eta), got {a.size}")
-    a_eta = float(np.clip((a[-1] + 1.0) / 2.0 * A_ETA_MAX, 0.0, A_ETA_MAX))
-    return Policy(AGENT_METHODS[int(np.argmax(a[:-1]))], round(a_eta, 6))
+def _unit(x: float) -> float:
+    """[−1, 1] → [0, 1]."""
+    return float(np.clip((x + 1.0) / 2.0, 0.0, 1.0))
 
 
-def encode(policy: Policy) -> np.ndarray:
+@dataclass(frozen=True)
+class ActionSpace:
+    """Which parts of the extended policy the agent's action sets (the space collection sampled,
+    ``collect.space``): the paper's 4 numbers, then one per part that is on — the normalisation
+    (``> 0``: the second of ``norms``), protected first and last layers (0..keep each), whole
+    layers removed (0..depth, never more than the ratio allows) and the attention share (over the
+    ``split`` range). The discrete parts are relaxed like the method choice: rounded; at a ratio the
+    decoded policy is made :func:`~ppf.policy.feasible` for the model's ``shape``, so every action plans."""
+
+    shape: DenseShape | None = None
+    norms: tuple[str, ...] = ("minmax",)
+    keep: int = 0
+    depth: int = 0
+    split: tuple[float, float] | None = None
+    max_layer_ratio: float = 0.9
+
+    @property
+    def n_layers(self) -> int:
+        return self.shape.n_layers if self.shape is not None else 0
+
+    @classmethod
+    def of(cls, space: Any, shape: DenseShape, max_layer_ratio: float = 0.9) -> "ActionSpace":
+        """From ``collect.space`` (its ``fraction: 0`` is the paper's space)."""
+        if space is None or space.fraction <= 0:
+            return cls(shape, max_layer_ratio=max_layer_ratio)
+        return cls(shape, tuple(space.norms), space.keep, space.depth,
+                   None if space.split is None else (float(space.split[0]), float(space.split[1])), max_layer_ratio)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ActionSpace":
+        if not d:
+            return cls()
+        return cls(DenseShape(**d["shape"]) if d.get("shape") else None, tuple(d["norms"]), int(d["keep"]),
+                   int(d["depth"]), None if d.get("split") is None else tuple(d["split"]), float(d["max_layer_ratio"]))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def dim(self) -> int:
+        return ACTION_DIM + (len(self.norms) > 1) + 2 * (self.keep > 0) + (self.depth > 0) + (self.split is not None)
+
+    def decode(self, action: np.ndarray, ratio: float | None = None) -> Policy:
+        a = np.clip(np.asarray(action, dtype=np.float64).ravel(), -1.0, 1.0)
+        if a.size != self.dim:
+            raise PPFError(f"an action has {self.dim} numbers (3 method scores + a_eta + one per extended part), got {a.size}")
+        a_eta = float(np.clip(_unit(a[3]) * A_ETA_MAX, 0.0, A_ETA_MAX))
+        kw: dict[str, Any] = {}
+        i = ACTION_DIM
+        if len(self.norms) > 1:
+            kw["norm"] = self.norms[1] if a[i] > 0 else self.norms[0]
+            i += 1
+        first = last = 0
+        if self.keep > 0:
+            first, last = (int(round(_unit(a[i + j]) * self.keep)) for j in (0, 1))
+            while first + last >= self.n_layers:
+                first, last = first // 2, last // 2
+            kw |= {"first": first, "last": last}
+            i += 2
+        if self.depth > 0:
+            room = self.n_layers - first - last - 1
+            if ratio is not None:
+                room = min(room, int(ratio * self.n_layers + 1e-9))
+            kw["depth"] = max(0, min(int(round(_unit(a[i]) * self.depth)), room))
+            i += 1
+        if self.split is not None:
+            lo, hi = self.split
+            kw["split"] = round(lo + _unit(a[i]) * (hi - lo), 3)
+        policy = Policy(AGENT_METHODS[int(np.argmax(a[:3]))], round(a_eta, 6), **kw)
+        if ratio is not None and self.shape is not None and not policy.is_paper:
+            policy = feasible(policy, ratio, self.shape, self.max_layer_ratio)
+        return policy
+
+    def encode(self, policy: Policy) -> np.ndarray:
+        """The canonical action of a policy (the inverse of :meth:`decode` on its image)."""
+        a = -np.ones(self.dim, dtype=np.float32)
+        method = "lod" if policy.method == "uniform" else policy.method
+        a[AGENT_METHODS.index(method)] = 1.0
+        a[3] = 2.0 * policy.a_eta / A_ETA_MAX - 1.0
+        i = ACTION_DIM
+        if len(self.norms) > 1:
+            a[i] = 1.0 if policy.norm == self.norms[1] else -1.0
+            i += 1
+        if self.keep > 0:
+            a[i], a[i + 1] = 2.0 * policy.first / self.keep - 1.0, 2.0 * policy.last / self.keep - 1.0
+            i += 2
+        if self.depth > 0:
+            a[i] = 2.0 * policy.depth / self.depth - 1.0
+            i += 1
+        if self.split is not None:
+            lo, hi = self.split
+            s = lo if policy.split is None else policy.split
+            a[i] = 2.0 * (s - lo) / (hi - lo) - 1.0 if hi > lo else -1.0
+        return np.clip(a, -1.0, 1.0)
+
+
+PAPER_SPACE = ActionSpace()
+
+
+def decode(action: np.ndarray, space: ActionSpace = PAPER_SPACE, ratio: float | None = None) -> Policy:
+    """An action in [−1, 1]^dim → a policy: method = argmax of the first three, a_eta from the fourth,
+    then the extended parts ``space`` has on (:class:`ActionSpace`)."""
+    return space.decode(action, ratio)
+
+
+def encode(policy: Policy, space: ActionSpace = PAPER_SPACE) -> np.ndarray:
     """The canonical action of a policy (the inverse of :func:`decode` on its image)."""
-    a = -np.ones(ACTION_DIM, dtype=np.float32)
-    method = "lod" if policy.method == "uniform" else policy.method
-    a[AGENT_METHODS.index(method)] = 1.0
-    a[-1] = 2.0 * policy.a_eta / A_ETA_MAX - 1.0
-    return a
+    return space.encode(policy)
 
 
 def observe(ratio: float, alpha: float, beta: float) -> float:
@@ -70,12 +172,13 @@ class PruningEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, scorer: Scorer, alpha: float, beta: float, window: int = 5, seed: int = 0):
+    def __init__(self, scorer: Scorer, alpha: float, beta: float, window: int = 5, seed: int = 0,
+                 space: ActionSpace = PAPER_SPACE):
         super().__init__()
-        self.scorer, self.alpha, self.beta, self.window = scorer, alpha, beta, window
+        self.scorer, self.alpha, self.beta, self.window, self.space = scorer, alpha, beta, window, space
         sampling_window(alpha, beta, window, np.random.default_rng(0))  # validates the window
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(space.dim,), dtype=np.float32)
         self._rng = np.random.default_rng(seed)
         self._ratios = np.zeros(window)
         self._i = 0
@@ -93,7 +196,7 @@ class PruningEnv(gym.Env):
 
     def step(self, action: np.ndarray):
         ratio = float(self._ratios[self._i])
-        policy = decode(action)
+        policy = self.space.decode(action, ratio)
         js, actual = self.scorer(policy, ratio)
         reward = -js / actual
         self._i += 1

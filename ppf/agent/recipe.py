@@ -18,7 +18,7 @@ import numpy as np
 
 from ppf import tracking
 from ppf.agent.ddpg import AgentConfig, act
-from ppf.agent.env import decode, observe
+from ppf.agent.env import PAPER_SPACE, ActionSpace, observe
 from ppf.agent.store import Agents
 from ppf.config import Params
 from ppf.errors import PPFError
@@ -56,11 +56,16 @@ def selection_ratios(alpha: float, beta: float, n: int = 9) -> list[float]:
     return [alpha] if beta <= alpha else [float(r) for r in np.linspace(alpha, beta, n)]
 
 
-def mean_predicted_ppr(actor: Any, predictor: Any, alpha: float, beta: float) -> float:
+def action_space(wb: Workbench) -> ActionSpace:
+    """The agent searches the space collection sampled (``collect.space``; the paper's when it is off)."""
+    return ActionSpace.of(wb.params.collect.space, wb.shape, wb.params.pruning.max_layer_ratio)
+
+
+def mean_predicted_ppr(actor: Any, predictor: Any, alpha: float, beta: float, space: ActionSpace = PAPER_SPACE) -> float:
     score = predictor_scorer(predictor)
     pprs = []
     for r in selection_ratios(alpha, beta):
-        js, actual = score(decode(act(actor, observe(r, alpha, beta))), r)
+        js, actual = score(space.decode(act(actor, observe(r, alpha, beta)), r), r)
         pprs.append(js / actual)
     return float(np.mean(pprs))
 
@@ -88,5 +93,6 @@ def answer(wb: Workbench, ratio: float, ref: str | Path | None = None) -> dict[s
     pred = Predictor.load(wb.root / "models" / "predictor", wb.planner).predict(pol, ratio)
     return {"ratio": ratio, "policy": pol, "method": pol.method, "a_eta": pol.a_eta, "mode": decision["mode"],
             "actual_ratio": pred["actual_ratio"], "layer_ratios": pred["plan"].layer_ratios(),
+            "removed_attention": pred["plan"].removed_attention, "removed_mlp": pred["plan"].removed_mlp,
             "predicted_js": pred["js"], "predicted_ppr": pred["js"] / pred["actual_ratio"],
             "decision_ms": decision["decision_ms"], "warning": decision["warning"]}

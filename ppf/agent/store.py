@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ppf.agent.ddpg import act, build_actor
-from ppf.agent.env import decode, observe
+from ppf.agent.env import ActionSpace, observe
 from ppf.errors import PPFError
 from ppf.policy import Policy, check_ratio
 
@@ -44,6 +44,11 @@ class Agents:
     modes: dict[str, tuple[float, float]]
     meta: dict[str, Any]
 
+    @property
+    def space(self) -> ActionSpace:
+        """The policy space the actions decode into (the paper's for agents saved without one)."""
+        return ActionSpace.from_dict(self.meta.get("action_space"))
+
     @classmethod
     def load(cls, path: str | Path) -> "Agents":
         from ppf.io import read_artifact
@@ -51,8 +56,9 @@ class Agents:
         file, tensors, meta = read_artifact(path, FILE, "agent", "train_agent")
         try:
             actors = {}
+            space = ActionSpace.from_dict(meta.get("action_space"))
             for mode in meta["modes"]:
-                actor = build_actor(tuple(meta["net_arch"]))
+                actor = build_actor(tuple(meta["net_arch"]), space.dim)
                 actor.load_state_dict({k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == mode})
                 actors[mode] = actor
         except Exception as exc:
@@ -75,10 +81,12 @@ class Agents:
                       f"'{mode}' agent, whose policy for it is an extrapolation: verify it (ppf predict --verify) "
                       "or train a static agent at this ratio (agent.static in params.yaml)")
 
-    def decide(self, ratio: float) -> dict[str, Any]:
-        """The policy for ``ratio``: {policy, mode, warning, decision_ms}."""
+    def decide(self, ratio: float, mode: str | None = None) -> dict[str, Any]:
+        """The policy for ``ratio``: {policy, mode, warning, decision_ms} (``mode`` forces one actor)."""
         ratio = check_ratio(ratio)
         t = time.perf_counter()
-        mode, warning = self.mode_for(ratio)
-        policy: Policy = decode(act(self.actors[mode], observe(ratio, *self.modes[mode])))
+        if mode is not None and mode not in self.actors:
+            raise PPFError(f"no '{mode}' agent; trained: {', '.join(self.actors)}")
+        mode, warning = (mode, None) if mode is not None else self.mode_for(ratio)
+        policy: Policy = self.space.decode(act(self.actors[mode], observe(ratio, *self.modes[mode])), ratio)
         return {"policy": policy, "mode": mode, "warning": warning, "decision_ms": (time.perf_counter() - t) * 1e3}

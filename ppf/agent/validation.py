@@ -1,8 +1,10 @@
 """Validation of the trained agents on the TRUE model, and the report of it.
 
 - :func:`validation_ratios` — the ratios of the paper's dynamic setting (uniform in a range);
-- :func:`contenders` — per ratio, the policies compared: the agent's, uniform, OWL's and
-  AlphaPruning's mappings, and the best of the exhaustive (method × a_eta) grid judged by the predictor;
+- :func:`contenders` — per ratio, the policies compared: the agent's, uniform, LLM-Pruner's
+  (edge layers kept), OWL's and AlphaPruning's mappings, and the best of the exhaustive (method ×
+  a_eta) grid judged by the predictor; in the dynamic setting also the dynamic actor on its own
+  (``dynamic_agent``: the agent's answer at a static ratio comes from that ratio's static actor);
 - :func:`search_candidates` — beyond the paper: CMA-ES over per-layer ratio vectors at each static
   ratio, its ``search.top_k`` best by the predictor, to be evaluated for real;
 - :func:`judge` — one row pruned and measured (true JS, valid perplexity) on the workbench;
@@ -18,13 +20,13 @@ import numpy as np
 import pandas as pd
 
 from ppf.agent.env import AGENT_METHODS
-from ppf.baselines import alpha, owl
+from ppf.baselines import alpha, llm_pruner, owl
 from ppf.config import Params
 from ppf.policy import Policy
 from ppf.search import cma_search
 from ppf.workbench import Workbench
 
-CONTENDERS = ("agent", "uniform", "owl", "alpha", "grid_best")
+CONTENDERS = ("agent", "uniform", "llm_pruner", "owl", "alpha", "grid_best")
 
 
 def predicted(predictor: Any, policy: Policy, ratio: float) -> tuple[float, float]:
@@ -57,11 +59,16 @@ def grid_best(predictor: Any, ratio: float, step: float) -> tuple[Policy, float]
 def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float], setting: str) -> list[dict[str, Any]]:
     """One row per (ratio, contender): its policy (object and text) and predicted JS / PPR."""
     v = params.agent.validation
+    n_layers = predictor.planner.shape.n_layers
     rows = []
     for r in ratios:
         policies = {"agent": agents.decide(r)["policy"], "uniform": Policy("uniform"),
                     "owl": owl.policy(r, v.owl_lambda), "alpha": alpha.policy(r, v.alpha_epsilon),
                     "grid_best": grid_best(predictor, r, v.grid_step)[0]}
+        if sum(params.benchmark.llm_pruner_keep) < n_layers:  # a model too shallow for its kept layers has none
+            policies["llm_pruner"] = llm_pruner.policy(n_layers, *params.benchmark.llm_pruner_keep)
+        if setting == "dynamic" and "dynamic" in agents.modes:
+            policies["dynamic_agent"] = agents.decide(r, mode="dynamic")["policy"]
         for name, pol in policies.items():
             js, actual = predicted(predictor, pol, r)
             rows.append({"ratio": r, "contender": name, "policy": str(pol), "predicted_js": js,
@@ -115,11 +122,17 @@ def summarise(t: pd.DataFrame, params: Params, search_stats: dict) -> dict[str, 
     """metrics/agent.json's validation part: mean ppl / JS per contender, and per static ratio."""
     dyn = t[t.setting == "dynamic"].groupby("contender")
     m: dict[str, Any] = {"n_validation_ratios": int(params.agent.validation.n_ratios)}
-    for c in CONTENDERS:
+    present = [c for c in CONTENDERS if c in dyn.ppl_valid.mean()]
+    for c in present:
         m[f"mean_ppl_{c}"] = float(dyn.ppl_valid.mean()[c])
         m[f"mean_js_{c}"] = float(dyn.true_js.mean()[c])
-    for c in CONTENDERS[1:]:
+    if "dynamic_agent" in dyn.ppl_valid.mean():
+        m["mean_ppl_dynamic_agent"] = float(dyn.ppl_valid.mean()["dynamic_agent"])
+        m["mean_js_dynamic_agent"] = float(dyn.true_js.mean()["dynamic_agent"])
+    for c in present[1:]:
         m[f"ppl_reduction_vs_{c}_pct"] = 100.0 * (1 - m["mean_ppl_agent"] / m[f"mean_ppl_{c}"])
+        if "mean_ppl_dynamic_agent" in m:
+            m[f"dynamic_agent_ppl_reduction_vs_{c}_pct"] = 100.0 * (1 - m["mean_ppl_dynamic_agent"] / m[f"mean_ppl_{c}"])
     for r, g in t[t.setting == "static"].groupby("ratio"):
         by = g.set_index("contender")
         for c in (*CONTENDERS, "search"):

@@ -17,7 +17,7 @@ def policy(ratio: float, epsilon: float = EPSILON) -> Policy:
     return Policy("esd", min(epsilon * ratio, A_ETA_MAX))
 
 
-def plan(wb, ratio: float):
+def plan(wb, ratio: float, state=None):
     pol = policy(ratio, wb.params.agent.validation.alpha_epsilon)
     return str(pol), wb.planner.plan(pol, ratio)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ppf.baselines.registry import Method, register
-from ppf.depth import NoAttention, NoMLP, block_ratio, drop_blocks, layer_calls, logits_from
+from ppf.depth import NoAttention, NoMLP, block_ratio, layer_calls, logits_from, removal_plan
 from ppf.errors import PPFError
 from ppf.plan import DenseShape
 
@@ -53,9 +53,9 @@ def removal_order(model: nn.Module, batch: torch.Tensor, shape: DenseShape, max_
     def set_block(kind: str, i: int, on: bool) -> None:
         layer = layers[i]
         if kind == "attention":
-            layer.self_attn = saved[(kind, i)] if on else NoAttention(i, saved[(kind, i)].head_dim)
+            layer.self_attn = saved[(kind, i)] if on else NoAttention.replacing(saved[(kind, i)], i)
         else:
-            layer.mlp = saved[(kind, i)] if on else NoMLP()
+            layer.mlp = saved[(kind, i)] if on else NoMLP.replacing(saved[(kind, i)])
 
     ratio = 0.0
     while ratio < max_ratio:
@@ -97,14 +97,14 @@ def prepare(wb, max_ratio: float, progress: Callable[[int, float], None] = lambd
     return removal_order(wb.model, batch, wb.shape, max_ratio, progress=progress)
 
 
-def build(wb, ratio: float, steps: list[dict] | None):
+def plan(wb, ratio: float, steps: list[dict] | None = None):
     if steps is None:
         raise PPFError("blockpruner needs its greedy removal order; compute it with its `prepare` first")
-    attn, mlp, actual = blocks_for_ratio(steps, ratio)
-    model = drop_blocks(wb.copy(), attention=attn, mlp=mlp)
-    return model, {"policy": f"attention {sorted(attn)} / mlp {sorted(mlp)} removed", "actual_ratio": actual}
+    attn, mlp, _ = blocks_for_ratio(steps, ratio)
+    return (f"attention {sorted(attn)} / mlp {sorted(mlp)} removed",
+            removal_plan(wb.shape, attn, mlp, {"method": "blockpruner"}))
 
 
 METHOD = register(Method("blockpruner", "depth", "greedy removal of attention / MLP blocks by calibration perplexity",
                          "calibration budget benchmark.blockpruner (2 x 128 tokens) instead of its larger sets",
-                         build=build, prepare=prepare))
+                         plan=plan, prepare=prepare))

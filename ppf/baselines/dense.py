@@ -9,4 +9,4 @@ def build(wb, ratio: float, state=None):
     return wb.model, {"policy": "dense", "actual_ratio": 0.0}
 
 
-METHOD = register(Method("dense", "depth", "the unpruned model (ratio 0)", build=build))
+METHOD = register(Method("dense", "dense", "the unpruned model (ratio 0)", build=build))

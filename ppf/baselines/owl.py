@@ -19,7 +19,7 @@ def policy(ratio: float, lam: float = LAMBDA) -> Policy:
     return Policy("lod", min(lam, A_ETA_MAX))
 
 
-def plan(wb, ratio: float):
+def plan(wb, ratio: float, state=None):
     pol = policy(ratio, wb.params.agent.validation.owl_lambda)
     return str(pol), wb.planner.plan(pol, ratio)
 

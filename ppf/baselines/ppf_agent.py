@@ -6,7 +6,7 @@ from __future__ import annotations
 from ppf.baselines.registry import Method, register
 
 
-def plan(wb, ratio: float):
+def plan(wb, ratio: float, state=None):
     decision = wb.agents.decide(ratio)
     return f"{decision['policy']} ({decision['mode']} agent)", wb.planner.plan(decision["policy"], ratio)
 

@@ -1,12 +1,13 @@
 """The registry of pruning methods: a name → what the method builds from the dense model.
 
 A :class:`Method` is data: its kind (``dense``, ``width``: a :class:`~ppf.plan.PruningPlan` of
-heads and channels, ``depth``: whole blocks removed), a one-line summary (CLI help, README), how
-it deviates from its original, and the functions that build it. Width methods only PLAN
-(``plan(workbench, ratio) → (description, plan)``) and share one way to prune; depth methods build
-the model (``build(workbench, ratio, state) → (model, info)``). A method whose choice needs an
-expensive search first (BlockPruner's greedy order) has ``prepare(workbench, max_ratio) → state``,
-a JSON-able value the caller caches and hands back to ``build``.
+heads and channels, ``depth``: a plan that removes whole blocks), a one-line summary (CLI help,
+README), how it deviates from its original, and the functions that build it. Pruning methods only
+PLAN (``plan(workbench, ratio, state=None) → (description, plan)``) and share one way to prune and
+compensate (:meth:`ppf.workbench.Workbench.pruned`); the dense model is built
+(``build(workbench, ratio, state) → (model, info)``). A method whose choice needs an expensive
+search first (BlockPruner's greedy order) has ``prepare(workbench, max_ratio) → state``, a JSON-able
+value the caller caches and hands back to ``plan``.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ class Method:
     kind: str
     summary: str
     deviation: str = "none"
-    plan: Callable[[Any, float], tuple[str, Any]] | None = None
+    plan: Callable[..., tuple[str, Any]] | None = None
     build: Callable[[Any, float, Any], tuple[Any, dict[str, Any]]] | None = None
     prepare: Callable[[Any, float], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"method kind {self.kind!r} is not one of {KINDS}")
-        if (self.kind == "width") != (self.plan is not None) or (self.kind == "depth") != (self.build is not None):
-            raise ValueError(f"method {self.name!r}: width methods give `plan`, depth methods `build`")
+        if (self.kind == "dense") != (self.build is not None) or (self.kind == "dense") == (self.plan is not None):
+            raise ValueError(f"method {self.name!r}: width and depth methods give `plan`, the dense model `build`")
 
 
 METHODS: dict[str, Method] = {}

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ppf.baselines.registry import Method, register
-from ppf.depth import block_ratio, drop_blocks
+from ppf.depth import block_ratio, removal_plan
 from ppf.errors import PPFError
 from ppf.plan import DenseShape
 
@@ -24,11 +24,10 @@ def layers_to_remove(bi: Sequence[float], shape: DenseShape, ratio: float) -> li
     return sorted(order[:n])
 
 
-def build(wb, ratio: float, state=None):
+def plan(wb, ratio: float, state=None):
     layers = layers_to_remove(wb.planner.layer_scores["bi"], wb.shape, ratio)
-    model = drop_blocks(wb.copy(), attention=layers, mlp=layers)
-    return model, {"policy": f"layers {layers} removed", "actual_ratio": block_ratio(wb.shape, layers, layers)}
+    return f"layers {layers} removed", removal_plan(wb.shape, layers, layers, {"method": "shortgpt"})
 
 
 METHOD = register(Method("shortgpt", "depth", "the layers of lowest Block Influence removed",
-                         "none (the ratio is the nearest whole number of layers)", build=build))
+                         "none (the ratio is the nearest whole number of layers)", plan=plan))

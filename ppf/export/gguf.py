@@ -181,9 +181,25 @@ def from_torch(model: torch.nn.Module, name: str = "ppf") -> GGUFModel:
 
     hd = _head_dim(model)
     layers = []
-    for block in blocks:
+    last: dict | None = None  # the kept block written last: where a removed block's mean output goes
+
+    def fold(block: Any, proj: str, where: str) -> None:
+        """A removed block's constant output (removed-block compensation) cannot be a deci tensor; added
+        to the output bias of the kept block before it, it reaches the residual stream unchanged."""
+        shift = take(getattr(block, proj, None), "bias") if block is not None else None
+        if shift is None or not bool(shift.abs().gt(0).any()):
+            return
+        if last is None:
+            raise PPFError(f"{where} is removed but adds its mean output, and no kept block comes before it "
+                           "to carry that constant in llama.cpp; export a model pruned with pruning.removed_blocks: none")
+        key = "o_bias" if "o" in last and "gate" not in last else "down_bias"
+        last[key] = last.get(key, torch.zeros_like(shift)) + shift
+
+    for i, block in enumerate(blocks):
         attn, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
         lw = LayerWeights(attn=None, mlp=None)
+        if attn is not None and attn.q_proj.out_features == 0:
+            fold(attn, "o_proj", f"layer {i}'s attention")
         if attn is not None and attn.q_proj.out_features > 0:
             lw.attn = {"norm": take(block.input_layernorm, "weight")}
             for short, lin in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj), ("o", attn.o_proj)):
@@ -191,6 +207,9 @@ def from_torch(model: torch.nn.Module, name: str = "ppf") -> GGUFModel:
                 bias = take(lin, "bias")
                 if bias is not None:
                     lw.attn[f"{short}_bias"] = bias
+            last = lw.attn
+        if mlp is not None and mlp.gate_proj.out_features == 0:
+            fold(mlp, "down_proj", f"layer {i}'s MLP")
         if mlp is not None and mlp.gate_proj.out_features > 0:
             lw.mlp = {"norm": take(block.post_attention_layernorm, "weight")}
             for short, lin in (("gate", mlp.gate_proj), ("up", mlp.up_proj), ("down", mlp.down_proj)):
@@ -198,6 +217,7 @@ def from_torch(model: torch.nn.Module, name: str = "ppf") -> GGUFModel:
                 bias = take(lin, "bias")
                 if bias is not None:
                     lw.mlp[f"{short}_bias"] = bias
+            last = lw.mlp
         layers.append(lw)
     embed = take(inner.embed_tokens, "weight")
     norm = take(inner.norm, "weight")
@@ -205,7 +225,7 @@ def from_torch(model: torch.nn.Module, name: str = "ppf") -> GGUFModel:
     lm_head = None if tied else take(model.lm_head, "weight")
     if getattr(model.lm_head, "bias", None) is not None:
         raise PPFError("the model's lm_head has a bias, which llama.cpp's deci architecture has no tensor for")
-    unknown = sorted(n for n, _ in model.named_parameters() if n not in used)
+    unknown = sorted(n for n, p in model.named_parameters() if n not in used and p.numel())
     if unknown:
         raise PPFError(f"the model has tensors the GGUF exporter does not know where to put ({', '.join(unknown[:3])}"
                        f"{', ...' if len(unknown) > 3 else ''}); it exports Llama/Mistral/Qwen2 layers only")

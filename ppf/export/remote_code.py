@@ -61,12 +61,61 @@ def _linear(old, in_features, out_features, bias):
     return nn.Linear(in_features, out_features, bias=bias, device=old.weight.device, dtype=old.weight.dtype)
 
 
+class _Removed(nn.Module):
+    """A removed block (0 heads / 0 channels): zero-width projections; it adds its output bias, or 0."""
+
+    def _out(self, hidden_states, bias):
+        if bias is None:
+            return torch.zeros_like(hidden_states)
+        return bias.to(hidden_states.dtype).expand_as(hidden_states).clone()
+
+
+class NoAttention(_Removed):
+    def __init__(self, layer_idx, head_dim, hidden, bias, like):
+        super().__init__()
+        self.layer_idx, self.head_dim, self.num_key_value_groups = layer_idx, head_dim, 0
+        kw = {{"device": like.device, "dtype": like.dtype}}
+        self.q_proj = nn.Linear(hidden, 0, bias=False, **kw)
+        self.k_proj = nn.Linear(hidden, 0, bias=False, **kw)
+        self.v_proj = nn.Linear(hidden, 0, bias=False, **kw)
+        self.o_proj = nn.Linear(0, hidden, bias=bias, **kw)
+
+    def forward(self, hidden_states, past_key_values=None, **kwargs):
+        if past_key_values is not None:  # an empty cache entry keeps generation's bookkeeping right
+            b, t, _ = hidden_states.shape
+            empty = hidden_states.new_zeros(b, 0, t, self.head_dim)
+            past_key_values.update(empty, empty, self.layer_idx)
+        return self._out(hidden_states, self.o_proj.bias), None
+
+
+class NoMLP(_Removed):
+    def __init__(self, hidden, bias, like):
+        super().__init__()
+        kw = {{"device": like.device, "dtype": like.dtype}}
+        self.gate_proj = nn.Linear(hidden, 0, bias=False, **kw)
+        self.up_proj = nn.Linear(hidden, 0, bias=False, **kw)
+        self.down_proj = nn.Linear(0, hidden, bias=bias, **kw)
+
+    def forward(self, hidden_states):
+        return self._out(hidden_states, self.down_proj.bias)
+
+
 def shrink_layers(model, shapes):
     """Resize every decoder layer's linears to ``shapes`` (weights are loaded afterwards)."""
     blocks = model.model.layers
     if len(shapes) != len(blocks):
         raise ValueError(f"config.ppf_layers lists {{len(shapes)}} layers for a {{len(blocks)}}-layer model")
-    for block, sh in zip(blocks, shapes):
+    for i, (block, sh) in enumerate(zip(blocks, shapes)):
+        like = block.self_attn.o_proj.weight
+        hidden = block.self_attn.o_proj.out_features
+        if sh["n_heads"] == 0:  # a removed attention block, and the norm in front of it
+            block.self_attn = NoAttention(i, block.self_attn.head_dim, hidden, bool(sh.get("o_bias")), like)
+            block.input_layernorm = nn.Identity()
+        if sh["intermediate"] == 0:  # a removed MLP block, and its norm
+            block.mlp = NoMLP(hidden, bool(sh.get("down_bias")), like)
+            block.post_attention_layernorm = nn.Identity()
+        if sh["n_heads"] == 0 and sh["intermediate"] == 0:
+            continue
         attn, mlp = block.self_attn, block.mlp
         hd = attn.head_dim
         hidden = attn.q_proj.in_features
@@ -75,18 +124,20 @@ def shrink_layers(model, shapes):
         o_bias = bool(sh.get("o_bias", attn.o_proj.bias is not None))
         down_bias = bool(sh.get("down_bias", mlp.down_proj.bias is not None))
         mlp_bias = mlp.gate_proj.bias is not None
-        attn.q_proj = _linear(attn.q_proj, hidden, q, qkv_bias)
-        attn.k_proj = _linear(attn.k_proj, hidden, kv, qkv_bias)
-        attn.v_proj = _linear(attn.v_proj, hidden, kv, qkv_bias)
-        attn.o_proj = _linear(attn.o_proj, q, hidden, o_bias)
-        mlp.gate_proj = _linear(mlp.gate_proj, hidden, inter, mlp_bias)
-        mlp.up_proj = _linear(mlp.up_proj, hidden, inter, mlp_bias)
-        mlp.down_proj = _linear(mlp.down_proj, inter, hidden, down_bias)
-        attn.num_key_value_groups = sh["n_heads"] // sh["n_kv_heads"]
-        for name, value in (("num_heads", sh["n_heads"]), ("num_attention_heads", sh["n_heads"]),
-                            ("num_key_value_heads", sh["n_kv_heads"])):
-            if hasattr(attn, name):
-                setattr(attn, name, value)
+        if sh["n_heads"]:
+            attn.q_proj = _linear(attn.q_proj, hidden, q, qkv_bias)
+            attn.k_proj = _linear(attn.k_proj, hidden, kv, qkv_bias)
+            attn.v_proj = _linear(attn.v_proj, hidden, kv, qkv_bias)
+            attn.o_proj = _linear(attn.o_proj, q, hidden, o_bias)
+            attn.num_key_value_groups = sh["n_heads"] // sh["n_kv_heads"]
+            for name, value in (("num_heads", sh["n_heads"]), ("num_attention_heads", sh["n_heads"]),
+                                ("num_key_value_heads", sh["n_kv_heads"])):
+                if hasattr(attn, name):
+                    setattr(attn, name, value)
+        if inter:
+            mlp.gate_proj = _linear(mlp.gate_proj, hidden, inter, mlp_bias)
+            mlp.up_proj = _linear(mlp.up_proj, hidden, inter, mlp_bias)
+            mlp.down_proj = _linear(mlp.down_proj, inter, hidden, down_bias)
 
 
 class PPF{Name}ForCausalLM({Name}ForCausalLM):

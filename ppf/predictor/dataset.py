@@ -59,9 +59,16 @@ def read_samples(path: str | Path) -> pd.DataFrame:
 
 
 def policy_groups(df: pd.DataFrame) -> np.ndarray:
-    """The policy of each row; every a_eta = 0 row is the one uniform policy."""
-    return np.where(df["a_eta"].to_numpy() == 0, "uniform",
-                    df["method"].astype(str) + ":" + df["a_eta"].map(lambda a: f"{a:g}"))
+    """The policy of each row (without its ratio); every a_eta = 0 row of a method is the one uniform
+    policy (with the same extended parts)."""
+    parts = df["parts"].astype(str) if "parts" in df.columns else pd.Series("", index=df.index)
+    base = np.where(df["a_eta"].to_numpy() == 0, "uniform", df["method"].astype(str) + ":" + df["a_eta"].map(lambda a: f"{a:g}"))
+    return (pd.Series(base, index=df.index) + parts).to_numpy()
+
+
+def within_rows(df: pd.DataFrame) -> np.ndarray:
+    """Row indices of the within-ratio test set (never trained on; empty for a dataset without one)."""
+    return np.flatnonzero(df["holdout"].to_numpy(dtype=bool)) if "holdout" in df.columns else np.array([], dtype=int)
 
 
 def split(df: pd.DataFrame, test_fraction: float, seed: int, by: str = "policy") -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +80,11 @@ def split(df: pd.DataFrame, test_fraction: float, seed: int, by: str = "policy")
     if not 0 < test_fraction < 1:
         raise PPFError(f"test_fraction {test_fraction} must be in (0, 1), e.g. 0.2")
     rng = np.random.default_rng(seed)
+    within = within_rows(df)
+    if len(within):  # the within-ratio test set is neither trained on nor part of this split
+        keep = np.setdiff1d(np.arange(len(df)), within)
+        train, test = split(df.iloc[keep].drop(columns=["holdout"]).reset_index(drop=True), test_fraction, seed, by)
+        return keep[train], keep[test]
     n = len(df)
     want = max(1, int(round(test_fraction * n)))
     if by == "sample":
@@ -106,7 +118,8 @@ def build_images(df: pd.DataFrame, planner: Planner, kind: str) -> np.ndarray:
                        "collect the dataset for this model (`dvc repro collect`)")
     out = []
     for row in df.itertuples(index=False):
-        plan = planner.plan(Policy(row.method, float(row.a_eta)), row.ratio)
+        policy = Policy(row.method, float(row.a_eta)).with_parts(getattr(row, "parts", "") or "")
+        plan = planner.plan(policy, row.ratio)
         stored = np.asarray(row.mask, dtype=np.float32).reshape(stored_shape)
         if not np.array_equal(compress(plan), stored):
             raise PPFError(f"sample {row.key}: its stored mask differs from the plan made now — the dataset "

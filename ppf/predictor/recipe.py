@@ -25,7 +25,7 @@ from ppf import collect, plots
 from ppf.config import Params
 from ppf.io import write_bytes_atomic, write_text_atomic
 from ppf.policy import Planner, Policy
-from ppf.predictor.dataset import build_images, policy_groups, read_samples, split
+from ppf.predictor.dataset import build_images, policy_groups, read_samples, split, within_rows
 from ppf.predictor.features import image_shape
 from ppf.predictor.net import NetConfig, PredictorNet
 from ppf.predictor.store import load_predictor, save_predictor
@@ -42,6 +42,7 @@ class Data:
     images: np.ndarray
     train: np.ndarray
     test: np.ndarray
+    within: np.ndarray  # the within-ratio test set's rows (collect.within; never trained on)
     planner: Planner
     kind: str  # the predictor input the images are
     digest: str  # sha256 of the parquet file: which data a predictor was trained on
@@ -60,7 +61,7 @@ def prepare_data(wb: Workbench, kind: str | None = None) -> Data:
     images = build_images(df, planner, kind)
     train, test = split(df, pp.test_fraction, pp.seed, pp.split)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return Data(df, images, train, test, planner, kind, digest)
+    return Data(df, images, train, test, within_rows(df), planner, kind, digest)
 
 
 def net_config(params: Params, in_channels: int, **overrides: Any) -> NetConfig:
@@ -77,13 +78,45 @@ def train_config(params: Params) -> TrainConfig:
                        weight_decay=pp.weight_decay, seed=pp.seed)
 
 
+def by_ratio(ratios: np.ndarray, true: np.ndarray, pred: np.ndarray, min_rows: int = 3) -> dict[str, float]:
+    """Spearman between true and predicted JS among the rows of each target ratio (ratios with at
+    least ``min_rows`` rows): how well policies are ranked at ONE ratio, which is what the agent asks."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for r in np.unique(np.round(ratios, 6)):
+        at = np.isclose(ratios, r)
+        t, p = true[at], pred[at]
+        if at.sum() >= min_rows and np.ptp(t) > 0:
+            out[f"{r:g}"] = float(spearmanr(t, p).statistic) if np.ptp(p) > 0 else 0.0
+    return out
+
+
+def ranking_scores(data: Data, test_pred: np.ndarray, within_pred: np.ndarray) -> dict[str, Any]:
+    """Beside the held-out scores: distinct predictions, the mean within-ratio Spearman of the random
+    held-out rows (groups of a few) and — the figure that means something — of the within-ratio test set."""
+    y = data.y
+    ratios = data.df["ratio"].to_numpy(dtype=float)
+    test_groups = by_ratio(ratios[data.test], y[data.test], test_pred)
+    out: dict[str, Any] = {"distinct_predictions": int(len(np.unique(np.round(test_pred, 6)))),
+                           "spearman_within_ratio_heldout": float(np.mean(list(test_groups.values()))) if test_groups else float("nan")}
+    if len(data.within):
+        groups = by_ratio(ratios[data.within], y[data.within], within_pred)
+        out |= {"spearman_within_ratio": float(np.mean(list(groups.values()))) if groups else float("nan"),
+                "spearman_within_ratio_by_ratio": groups, "n_within_ratio": int(len(data.within)),
+                "within_ratio_mae": float(np.abs(within_pred - y[data.within]).mean()),
+                "distinct_predictions_within_ratio": int(len(np.unique(np.round(within_pred, 6))))}
+    return out
+
+
 def train_and_score(data: Data, config: NetConfig, train: TrainConfig, on_epoch=lambda e, loss: None
-                    ) -> tuple[PredictorNet, list[float], np.ndarray, dict[str, float]]:
-    """(network, loss per epoch, held-out predictions, held-out scores)."""
+                    ) -> tuple[PredictorNet, list[float], np.ndarray, dict[str, Any]]:
+    """(network, loss per epoch, held-out predictions, held-out scores incl. the ranking scores)."""
     y = data.y
     net, history = fit(data.images[data.train], y[data.train], config, train, on_epoch)
     pred = predict(net, data.images[data.test])
-    return net, history, pred, scores(y[data.test], pred)
+    within = predict(net, data.images[data.within]) if len(data.within) else np.zeros(0, dtype=np.float32)
+    return net, history, pred, scores(y[data.test], pred) | ranking_scores(data, pred, within)
 
 
 def summary(data: Data, held_out: dict[str, float]) -> dict[str, Any]:
@@ -103,7 +136,7 @@ def heldout_table(data: Data, pred: np.ndarray) -> pd.DataFrame:
 
 def verify(wb: Workbench, policy: Policy, ratio: float) -> dict[str, float]:
     """The TRUE JS of ``policy`` at ``ratio``: prune a copy of the model and measure it."""
-    row = collect.evaluate(wb, collect.Sample(policy.method, policy.a_eta, ratio))
+    row = collect.evaluate(wb, collect.Sample.of(policy, ratio))
     return {"true_js": row["js"], "true_eval_ms": 1e3 * (row["plan_s"] + row["eval_s"])}
 
 
@@ -116,7 +149,7 @@ def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50, b
     computed once beforehand).
     """
     rows = data.df.iloc[data.test[np.linspace(0, len(data.test) - 1, min(n, len(data.test))).astype(int)]]
-    samples = [collect.Sample(r.method, float(r.a_eta), float(r.ratio)) for r in rows.itertuples(index=False)]
+    samples = [collect.Sample.from_row(r) for r in rows.itertuples(index=False)]
     pred_s = [timed(lambda s=s: predictor.predict(s.policy, s.ratio), repeat) for s in samples]
     wb.reference  # noqa: B018  (the dense reference is computed once, outside the timings, as in collection)
     real = [collect.evaluate(wb, s) for s in samples]

@@ -36,4 +36,4 @@ def test_ctrl_c_stops_at_once_and_the_rerun_resumes(tmp_path, tiny_model_cache):
     again = subprocess.run(["dvc", "repro", "collect"], cwd=root, env=env, text=True, capture_output=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     df = pd.read_parquet(root / "data" / "masks" / "samples.parquet")
-    assert len(df) == 24 and df.key.is_unique
+    assert len(df) == 24 + 4 and df.key.is_unique and int(df.holdout.sum()) == 4  # + the within-ratio set (tiny)

@@ -154,6 +154,9 @@ def test_export_writes_a_gguf_and_eval_gguf_needs_the_extra(project, tiny_model_
     assert code == 0, err
     report = json.loads(stdout)
     assert gguf_file.is_file() and report["arch"] == "deci" and report["bytes"] == gguf_file.stat().st_size
+    code, stdout, err = run(["export", str(out), "--gguf", str(gguf_file), "--tokenizer", "none"], capsys)
+    assert code == 0, err
+    assert "heads per layer" in stdout and "deci" not in err  # the table, not JSON
     # the tiny word-level tokenizer has no GGUF form: a clear error, nothing written
     code, _, err = run(["export", str(out), "--gguf", str(project / "t2.gguf")], capsys)
     assert code == 2 and "tokenizer" in err and err.strip().count("\n") == 0 and not (project / "t2.gguf").exists()

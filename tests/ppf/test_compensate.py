@@ -132,31 +132,32 @@ def test_the_workbench_gathers_the_dense_statistics_once(monkeypatch):
 
 @pytest.mark.parametrize("kv", [4, 2])
 def test_removed_blocks_add_their_dense_mean_output(kv):
-    """drop_blocks + mean: every removed block adds its dense mean output where it stood; a removed whole
-    layer's (folded into the kept layer before it) gives exactly the model that keeps the layer as constants."""
-    from ppf.depth import NoAttention, NoMLP, drop_blocks
+    """drop_blocks + mean: every removed block adds its dense mean output where it stood — a leading one
+    and both blocks of a removed whole layer too — exactly the model that keeps those blocks as constants."""
+    from ppf.depth import NoAttention, NoMLP
+    from ppf.prune import drop_blocks
 
     model, _ = make_llama(4, kv, layers=4)
     x = _calib(4)
     st = dense_statistics(model, x, gram=False)
-    pruned = drop_blocks(copy.deepcopy(model), attention=[1, 2], mlp=[2, 3])  # layer 2 goes whole
+    pruned = drop_blocks(copy.deepcopy(model), attention=[0, 2], mlp=[2, 3])  # layer 2 goes whole
     out = compensate_blocks(pruned, st, "mean")
-    assert out["blocks"] == 4 and out["skipped"] == 0
+    assert out["blocks"] == 4
     reference = copy.deepcopy(model)
-    for i, (attn, mlp) in enumerate([(False, False), (True, False), (True, True), (False, True)]):
+    for i, (attn, mlp) in enumerate([(True, False), (False, False), (True, True), (False, True)]):
         layer = reference.model.layers[i]
         if attn:
-            layer.self_attn = NoAttention(i, layer.self_attn.head_dim)
+            layer.self_attn = NoAttention.replacing(layer.self_attn, i)
             layer.self_attn.set_shift(st.attention_out[i])
         if mlp:
-            layer.mlp = NoMLP()
+            layer.mlp = NoMLP.replacing(layer.mlp)
             layer.mlp.set_shift(st.mlp_out[i])
     with torch.no_grad():
         got, want = pruned(x[:2]).logits, reference(x[:2]).logits
-        zero = drop_blocks(copy.deepcopy(model), attention=[1, 2], mlp=[2, 3])(x[:2]).logits
+        zero = drop_blocks(copy.deepcopy(model), attention=[0, 2], mlp=[2, 3])(x[:2]).logits
     assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, zero, atol=1e-3)
-    stand_in = pruned.model.layers[1].self_attn(torch.zeros(1, 3, 64))[0]  # layer 1's removed attention
-    assert torch.allclose(stand_in, st.attention_out[1].float().expand(1, 3, 64), atol=1e-6)
+    stand_in = pruned.model.layers[0].self_attn(torch.zeros(1, 3, 64))[0]  # layer 0's removed attention
+    assert torch.allclose(stand_in, st.attention_out[0].float().expand(1, 3, 64), atol=1e-6)
 
 
 @pytest.mark.parametrize("kv", [4, 2])

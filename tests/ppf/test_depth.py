@@ -9,7 +9,8 @@ import torch
 
 from ppf.baselines.blockpruner import blocks_for_ratio, next_token_nll, removal_order
 from ppf.baselines.shortgpt import layers_to_remove
-from ppf.depth import NoAttention, NoMLP, block_ratio, drop_blocks
+from ppf.depth import NoAttention, NoMLP, block_ratio
+from ppf.prune import drop_blocks
 from ppf.errors import PPFError
 from ppf.plan import DenseShape
 from tiny import make_llama
@@ -30,7 +31,10 @@ def test_removed_blocks_pass_the_residual_stream_through(tiny_llama):
             m.weight.zero_()
         expected = expected_model(x).logits
         pruned = drop_blocks(copy.deepcopy(model), attention=[0, 1], mlp=[1, 2])
-        assert len(pruned.model.layers) == 2 and pruned.config.num_hidden_layers == 2  # layer 1 is gone
+        # layer 1 is gone whole: no parameters left, the layer count and indices stay the dense ones
+        assert len(pruned.model.layers) == 3 and pruned.config.num_hidden_layers == 3
+        assert sum(p.numel() for p in pruned.model.layers[1].parameters()) == 0
+        assert pruned.ppf_plan.removed_layers == [1] and pruned.ppf_plan.removed_mlp == [1, 2]
         assert torch.allclose(pruned(x).logits, expected, atol=1e-5)
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     shape = DenseShape.of(model)
@@ -55,10 +59,10 @@ def test_bad_removals_are_refused(tiny_gqa):
     model, _ = tiny_gqa
     with pytest.raises(PPFError, match="out of range"):
         drop_blocks(copy.deepcopy(model), attention=[7])
-    with pytest.raises(PPFError, match="every layer"):
+    with pytest.raises(PPFError, match="removes all 3 layers"):
         drop_blocks(copy.deepcopy(model), attention=[0, 1, 2], mlp=[0, 1, 2])
     once = drop_blocks(copy.deepcopy(model), mlp=[0])
-    with pytest.raises(PPFError, match="already removed"):
+    with pytest.raises(PPFError, match="already pruned"):
         drop_blocks(once, mlp=[1])
 
 
@@ -116,12 +120,12 @@ def test_blockpruner_scores_from_cached_layer_inputs_exactly_as_a_full_forward_w
         for kind, i in blocks:
             if (kind, i) in removed:
                 continue
-            put(kind, i, NoAttention(i, blocks[(kind, i)].head_dim) if kind == "attention" else NoMLP())
+            put(kind, i, NoAttention.replacing(blocks[(kind, i)], i) if kind == "attention" else NoMLP.replacing(blocks[(kind, i)]))
             with torch.no_grad():
                 scores.append((next_token_nll(work(x, use_cache=False).logits, x), kind, i))
             put(kind, i, blocks[(kind, i)])
         value, kind, i = min(scores, key=lambda t: t[0])
-        put(kind, i, NoAttention(i, blocks[(kind, i)].head_dim) if kind == "attention" else NoMLP())
+        put(kind, i, NoAttention.replacing(blocks[(kind, i)], i) if kind == "attention" else NoMLP.replacing(blocks[(kind, i)]))
         removed.add((kind, i))
         slow.append({"kind": kind, "layer": i, "loss": value,
                      "block_ratio": block_ratio(shape, [j for k, j in removed if k == "attention"],

@@ -7,6 +7,7 @@ and skip with a reason where it is not installed; writing and refusing GGUF file
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -424,3 +425,72 @@ def test_lm_evals_cli_scores_a_local_task_on_a_checkpoint_without_ppf(tmp_path: 
                          cwd=tasks, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "PPF-FREE" in out.stdout and "ppf_mini" in out.stdout and "acc" in out.stdout
+
+
+@pytest.mark.parametrize("n_kv", [4, 2])
+def test_a_plan_that_removes_blocks_round_trips_with_and_without_ppf(tmp_path: Path, n_kv):
+    """Layer 0 loses its attention, layer 1 its MLP, layer 2 goes whole (the rest width-pruned); with the
+    removed blocks' mean outputs (compensation) the checkpoint reloads — through ppf and through the remote
+    code on a machine without ppf — with identical logits, and its counts are the plan's."""
+    from dataclasses import replace
+
+    from ppf.compensate import compensate_blocks, dense_statistics
+    from ppf.plan import LayerPlan
+
+    dense, tok = make_llama(4, n_kv, layers=4)
+    base = random_plan(dense)
+    layers = list(base.layers)
+    layers[0] = LayerPlan((), (), layers[0].channels)
+    layers[1] = replace(layers[1], channels=())
+    layers[2] = LayerPlan((), (), ())
+    plan = type(base)(base.shape, tuple(layers), {"method": "test"})
+    assert plan.removed_attention == [0, 2] and plan.removed_mlp == [1, 2] and plan.removed_layers == [2]
+    model = prune_model(copy.deepcopy(dense), plan)
+    st = dense_statistics(dense, torch.randint(5, 80, (3, 12), generator=torch.Generator().manual_seed(1)), gram=False)
+    assert compensate_blocks(model, st, "mean")["blocks"] == 4
+    blocks = sum(p.numel() for layer in model.model.layers for p in layer.parameters())
+    assert blocks == plan.kept_block_params + 4 * plan.shape.hidden  # + the 4 stand-ins' mean outputs
+    ck = save_pruned(model, tok, tmp_path / "ck", base="tiny")
+    ids = _ids(tok)
+    ref = _torch_logits(model, ids)
+    mine, _ = load_pruned(ck)
+    assert mine.ppf_plan.removed_layers == [2]
+    np.testing.assert_array_equal(_torch_logits(mine, ids), ref)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf-modules"), PYTHONNOUSERSITE="1",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-I", "-c", _WITHOUT_PPF, str(ck), json.dumps(ids), "a b"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.asarray(json.loads(proc.stdout.strip().splitlines()[-1])["logits"]), ref,
+                               atol=1e-5, rtol=0)
+    with torch.no_grad():  # generation with a KV cache through removed blocks
+        x = torch.tensor([ids[:6]])
+        out = mine.generate(x, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 10)
+
+
+def test_a_plan_with_removed_blocks_and_their_mean_outputs_exports_to_gguf(tmp_path: Path):
+    """A ppf plan that removes blocks, with removed-block compensation: the removed blocks' mean outputs
+    have no deci tensor, so they are folded into the output bias of the kept block before them — the
+    same residual stream, so llama.cpp gives the PyTorch logits."""
+    _llama_cpp()
+    from ppf.compensate import compensate_blocks, dense_statistics
+    from ppf.prune import drop_blocks
+
+    dense, tok = make_llama(4, 2, layers=4)
+    model = drop_blocks(copy.deepcopy(dense), attention=[1, 2], mlp=[2, 3])
+    st = dense_statistics(dense, torch.randint(5, 80, (3, 12), generator=torch.Generator().manual_seed(2)), gram=False)
+    compensate_blocks(model, st, "mean")
+    ck = save_pruned(model, tok, tmp_path / "ck", base="tiny")
+    report = G.export_gguf(ck, tmp_path / "m.gguf", "f32", tokenizer="none")
+    assert report["heads"][1] == report["heads"][2] == 0
+    ids = _ids(tok)
+    ref, got = _torch_logits(model, ids), _gguf_logits(tmp_path / "m.gguf", ids)
+    assert np.abs(got - ref).max() < 2e-3 and (got.argmax(-1) == ref.argmax(-1)).all()
+    # a removed block with a mean output and no kept block before it cannot be written
+    lead = drop_blocks(copy.deepcopy(dense), attention=[0])
+    compensate_blocks(lead, st, "mean")
+    with pytest.raises(PPFError, match="no kept block comes before it"):
+        G.from_torch(lead)
