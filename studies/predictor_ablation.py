@@ -38,14 +38,18 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None, help="default: predictor.epochs of params.yaml")
+    ap.add_argument("--inputs", nargs="+", default=INPUTS, choices=INPUTS, help="predictor inputs compared")
+    ap.add_argument("--no-architecture", action="store_true", help="only the input ablation")
     args = ap.parse_args()
     torch.set_num_threads(1)
     params = load_params(args.params)
     epochs = args.epochs or params.predictor.epochs
     wb = Workbench(ROOT, params)
-    data = {kind: recipe.prepare_data(wb, kind) for kind in INPUTS}
-    variants = [("input", kind, kind, {}) for kind in INPUTS]
-    variants += [("architecture", name, params.predictor.input, over) for name, over in ARCHS.items()]
+    inputs = list(dict.fromkeys([*args.inputs, params.predictor.input]))
+    data = {kind: recipe.prepare_data(wb, kind) for kind in inputs}
+    variants = [("input", kind, kind, {}) for kind in args.inputs]
+    if not args.no_architecture:
+        variants += [("architecture", name, params.predictor.input, over) for name, over in ARCHS.items()]
     rows = []
     for group, name, kind, over in variants:
         d = data[kind]
@@ -63,13 +67,13 @@ def main() -> None:
     df = pd.DataFrame(rows)
     out = ROOT / "studies" / "results"
     write_text_atomic(out / "predictor_ablation.csv", df.to_csv(index=False, float_format="%.6g"))
-    y = data[INPUTS[0]].y
+    y = data[inputs[0]].y
     table = df.groupby(["group", "variant"], sort=False).agg(
         mae=("mae", "mean"), mae_std=("mae", "std"), spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
         within=("spearman_within_ratio", "mean"), within_std=("spearman_within_ratio", "std"),
         distinct=("distinct_predictions", "mean"),
         rmse=("rmse", "mean"), r2=("r2", "mean"), train_s=("train_s", "mean")).reset_index()
-    lines = [f"# Predictor ablations ({len(data[INPUTS[0]].train)} train / {len(data[INPUTS[0]].test)} held-out samples, "
+    lines = [f"# Predictor ablations ({len(data[inputs[0]].train)} train / {len(data[inputs[0]].test)} held-out samples, "
              f"held out by {params.predictor.split}; {epochs} epochs; mean ± std over seeds {args.seeds}; "
              f"JS range {y.min():.3f}-{y.max():.3f})", "",
              "| group | variant | MAE | MAE % of range | Spearman | within-ratio Spearman (collect.within) | "

@@ -43,7 +43,7 @@ def project(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> Path:
     return root
 
 
-@pytest.mark.parametrize("policy", ["uniform", "lod:0.2", "esd:0.3", "bi:0.5"])
+@pytest.mark.parametrize("policy", ["uniform", "lod:0.2", "esd:0.3", "bi:0.5", "lod:0.2,norm=rank,keep=1:0,split=0.4"])
 def test_prune_hits_the_ratio_and_saves_a_loadable_checkpoint(project, tiny_model_dir, capsys, policy):
     out = project / "pruned"
     code, stdout, _ = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--policy", policy,
@@ -78,6 +78,10 @@ def test_eval_reports_perplexity_and_js_against_the_base(project, tiny_model_dir
     (["--policy", "lod:0.7"], "a_eta"),
     (["--policy", "random:0.1"], "random"),
     (["--ratio", "0.97"], "0.97"),
+    (["--policy", "lod:0.2,keep=2:1"], "keep=2:1"),  # protects all 3 layers of the tiny model
+    (["--policy", "lod:0.2,split=2"], "split='2'"),
+    (["--policy", "lod:0.2,width=3"], "width=3"),
+    (["--ratio", "0.3", "--policy", "uniform,depth=1"], "depth=1"),  # one of 3 layers is more than 0.3
 ])
 def test_prune_bad_input_is_one_line_and_writes_nothing(project, tiny_model_dir, capsys, args, needle):
     out = project / "pruned"
