@@ -111,6 +111,8 @@ def draw_parts(rng: random.Random, space: Any, ratio: float, shape: DenseShape, 
     room = min(int(ratio * n_layers + 1e-9), n_layers - first - last - 1)
     depth = rng.randint(0, max(0, min(space.depth, room)))
     split = None if space.split is None else round(rng.uniform(*space.split), 3)
+    if space.groups > 0 and rng.random() < space.groups:
+        split = "groups"
     parts = feasible(Policy("lod", 0.1, norm=norm, first=first, last=last, depth=depth, split=split), ratio, shape,
                      max_layer_ratio)
     return str(parts)[len("lod:0.1"):]

@@ -127,6 +127,8 @@ class SpaceParams(Section):
                        "(never more than the ratio allows)")
     split: tuple[float, float] | None = Field(None, description="attention share of each layer's reduction, drawn "
                                                "uniformly from this range (None: attention at the layer's ratio)")
+    groups: float = Field(0.0, ge=0, le=1, description="share of the extended draws that take LLM-Pruner's "
+                          "rule instead (split=groups: whole KV groups at one unit ratio)")
 
     @model_validator(mode="after")
     def _split_range(self) -> "SpaceParams":

@@ -53,7 +53,9 @@ class Policy:
       Influence (ShortGPT) — or ``blocks`` — attention / MLP blocks in BlockPruner's greedy order;
       the rest of the target is then width-pruned over the layers depth and protection left alone;
     * ``split``: the share of a layer's removed parameters taken from its attention (the rest from
-      its MLP); ``None`` prunes both at the layer's ratio, as the paper does.
+      its MLP); ``None`` prunes both at the layer's ratio, as the paper does; ``groups`` is
+      LLM-Pruner's rule — one unit ratio r per layer, the attention losing whole KV groups
+      (floor(r·KV heads), each with its query heads), the MLP the fraction r of its channels.
 
     ``uniform`` ignores importance, so its ``a_eta`` (and ``norm``) are stored as defaults: two uniform
     policies are equal. The text form is ``lod:0.2`` (the paper's policy) with optional parts,
@@ -67,7 +69,7 @@ class Policy:
     last: int = 0
     depth: int = 0
     order: str = "layers"
-    split: float | None = None
+    split: float | str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in IMPORTANCE_METHODS:
@@ -87,11 +89,14 @@ class Policy:
             raise PPFError(f"unknown depth order={self.order!r}; use one of {', '.join(DEPTH_ORDERS)}")
         if self.depth == 0:
             object.__setattr__(self, "order", "layers")
-        if self.split is not None:
+        if isinstance(self.split, str) and self.split.strip().lower() == "groups":
+            object.__setattr__(self, "split", "groups")
+        elif self.split is not None:
             try:
                 x = float(self.split)
             except (TypeError, ValueError):
-                raise PPFError(f"split={self.split!r} is not a number; use the attention share in [0, 1], e.g. split=0.25") from None
+                raise PPFError(f"split={self.split!r} is not a number; use the attention share in [0, 1], e.g. "
+                               "split=0.25, or split=groups (LLM-Pruner's whole KV groups)") from None
             if not (math.isfinite(x) and 0.0 <= x <= 1.0):
                 raise PPFError(f"split={self.split!r} is outside [0, 1]; it is the share of a layer's reduction "
                                "taken from attention, e.g. split=0.25")
@@ -160,7 +165,7 @@ class Policy:
         if self.depth:
             out += f",depth={self.depth},order={self.order}"
         if self.split is not None:
-            out += f",split={self.split!r}"
+            out += f",split={self.split if self.split == 'groups' else repr(self.split)}"
         return out
 
 
@@ -296,6 +301,7 @@ class _Rounder:
     per_channel: int
     fixed: int  # params of a layer that depend on neither heads nor channels (norms, down bias)
     intermediate: int
+    head_dim: int
 
     @classmethod
     @functools.lru_cache(maxsize=16)  # DenseShape is frozen, so hashable: one rounder per model
@@ -308,14 +314,36 @@ class _Rounder:
         # what a layer with attention and >= 1 channel has besides them: two norms (and a down_proj bias)
         fixed = s.layer_params(1, 1, 1) - s.attention_params(1, 1) - per_channel
         return cls(np.array(gq, dtype=np.int64), attn, s.attention_params(s.n_heads, s.n_kv_heads),
-                   s.dense_layer_params, per_channel, fixed, s.intermediate)
+                   s.dense_layer_params, per_channel, fixed, s.intermediate, s.head_dim)
 
-    def __call__(self, ratios: np.ndarray, split: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @functools.cached_property
+    def _groups_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """LLM-Pruner's rule for every MLP width c = 1..I (unit ratio r = 1 − c/I): (config index of
+        floor-pruned whole KV groups with all their query heads, c, kept layer params)."""
+        n_kv, groups = int(self.configs[:, 0].max()), int(self.configs[:, 1].max())
+        c = np.arange(1, self.intermediate + 1)
+        # its pruner removes n·hd − int(n·hd·(1 − r)) of the KV rows, in whole heads: floor(that / hd)
+        kept_rows = np.floor(n_kv * self.head_dim * c / self.intermediate + 1e-9)
+        keep_kv = np.maximum(1, np.ceil(kept_rows / self.head_dim - 1e-9)).astype(np.int64)
+        index = {(int(g), int(q)): i for i, (g, q) in enumerate(self.configs)}
+        k = np.array([index[(int(g), groups)] for g in keep_kv])
+        return k, c, self.attn[k] + self.fixed + c * self.per_channel
+
+    def __call__(self, ratios: np.ndarray, split: float | str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(config index, channels, kept layer params) per layer for layer ratios in [0, 1).
 
         ``split`` is the share of each layer's removed parameters taken from attention (None: the
-        attention at the layer's ratio); the MLP takes the rest either way."""
+        attention at the layer's ratio); the MLP takes the rest either way. ``"groups"``: the attention
+        LLM-Pruner's unit ratio gives (whole KV groups) at the unit ratio whose layer size is nearest; the
+        MLP then absorbs the difference to the layer's size, so the plan meets its target exactly
+        where LLM-Pruner's all-layers-alike KV cliffs would miss it (its channel count otherwise)."""
         keep = 1.0 - ratios
+        if split == "groups":
+            table_k, _, table_kept = self._groups_table
+            k = table_k[np.abs(table_kept[None, :] - keep[:, None] * self.dense_layer).argmin(axis=1)]
+            attn = self.attn[k]
+            c = np.clip(np.floor((keep * self.dense_layer - attn - self.fixed) / self.per_channel + 0.5), 1, self.intermediate)
+            return k, c.astype(np.int64), attn + self.fixed + c * self.per_channel
         want = keep * self.dense_attn if split is None else self.dense_attn - split * ratios * self.dense_layer
         k = np.abs(self.attn[None, :] - want[:, None]).argmin(axis=1)  # first = tie rule
         attn = self.attn[k]

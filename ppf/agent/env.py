@@ -54,6 +54,7 @@ class ActionSpace:
     depth: int = 0
     split: tuple[float, float] | None = None
     max_layer_ratio: float = 0.9
+    groups: bool = False  # one more coordinate: > 0 takes LLM-Pruner's split=groups
 
     @property
     def n_layers(self) -> int:
@@ -65,21 +66,24 @@ class ActionSpace:
         if space is None or space.fraction <= 0:
             return cls(shape, max_layer_ratio=max_layer_ratio)
         return cls(shape, tuple(space.norms), space.keep, space.depth,
-                   None if space.split is None else (float(space.split[0]), float(space.split[1])), max_layer_ratio)
+                   None if space.split is None else (float(space.split[0]), float(space.split[1])), max_layer_ratio,
+                   space.groups > 0)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ActionSpace":
         if not d:
             return cls()
         return cls(DenseShape(**d["shape"]) if d.get("shape") else None, tuple(d["norms"]), int(d["keep"]),
-                   int(d["depth"]), None if d.get("split") is None else tuple(d["split"]), float(d["max_layer_ratio"]))
+                   int(d["depth"]), None if d.get("split") is None else tuple(d["split"]), float(d["max_layer_ratio"]),
+                   bool(d.get("groups", False)))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
     def dim(self) -> int:
-        return ACTION_DIM + (len(self.norms) > 1) + 2 * (self.keep > 0) + (self.depth > 0) + (self.split is not None)
+        return ACTION_DIM + (len(self.norms) > 1) + 2 * (self.keep > 0) + (self.depth > 0) + (self.split is not None) \
+            + self.groups
 
     def decode(self, action: np.ndarray, ratio: float | None = None) -> Policy:
         a = np.clip(np.asarray(action, dtype=np.float64).ravel(), -1.0, 1.0)
@@ -107,6 +111,9 @@ class ActionSpace:
         if self.split is not None:
             lo, hi = self.split
             kw["split"] = round(lo + _unit(a[i]) * (hi - lo), 3)
+            i += 1
+        if self.groups and a[i] > 0:
+            kw["split"] = "groups"
         policy = Policy(AGENT_METHODS[int(np.argmax(a[:3]))], round(a_eta, 6), **kw)
         if ratio is not None and self.shape is not None and not policy.is_paper:
             policy = feasible(policy, ratio, self.shape, self.max_layer_ratio)
@@ -130,8 +137,11 @@ class ActionSpace:
             i += 1
         if self.split is not None:
             lo, hi = self.split
-            s = lo if policy.split is None else policy.split
+            s = lo if policy.split in (None, "groups") else policy.split
             a[i] = 2.0 * (s - lo) / (hi - lo) - 1.0 if hi > lo else -1.0
+            i += 1
+        if self.groups:
+            a[i] = 1.0 if policy.split == "groups" else -1.0
         return np.clip(a, -1.0, 1.0)
 
 

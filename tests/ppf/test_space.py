@@ -95,7 +95,7 @@ def test_every_baselines_allocation_is_a_policy_of_the_space(bench, ratio):
     first, last = wb.params.benchmark.llm_pruner_keep
     uniform = planner.plan(Policy("uniform"), ratio)
     assert uniform == planner.plan_scores([0.0] * wb.shape.n_layers, 0.0, ratio)  # the paper's a_eta = 0
-    lp = planner.plan(Policy("uniform", first=first, last=last), ratio)
+    lp = planner.plan(Policy("uniform", first=first, last=last, split="groups"), ratio)
     assert lp == get("llm_pruner").plan(wb, ratio)[1]
     # LLM-Pruner's structure: edge layers dense, one requested ratio for the rest
     n = wb.shape.n_layers
@@ -217,6 +217,10 @@ def test_the_agents_action_covers_the_space_and_round_trips():
     assert space.decode(space.encode(pol), 0.4) == pol
     assert space.decode(space.encode(pol), 0.05).depth == 1  # never more layers than the ratio allows
     assert ActionSpace.from_dict(space.to_dict()) == space
+    with_groups = ActionSpace.of(SpaceParams(fraction=0.5, keep=4, depth=6, split=(0.0, 0.5), groups=0.3), shape)
+    assert with_groups.dim == space.dim + 1
+    llmp = Policy("uniform", first=4, last=2, split="groups")
+    assert with_groups.decode(with_groups.encode(llmp), 0.4) == Policy("lod", 0.0, first=4, last=2, split="groups")
     rng = np.random.default_rng(0)
     for r in (0.1, 0.3, 0.7):  # any action is a policy that plans at its ratio
         for _ in range(30):
@@ -236,3 +240,21 @@ def test_within_ratio_spearman_ranks_inside_each_ratio_only():
     pred = np.array([4, 3, 2, 1, 8, 7, 6, 5], dtype=float)
     groups = by_ratio(ratios, true, pred)
     assert groups == {"0.2": pytest.approx(-1.0), "0.4": pytest.approx(-1.0)}
+
+
+def test_split_groups_is_llm_prunings_rule():
+    """LLM-Pruner's pruner (its llama3.py on a GQA model): one unit ratio r per layer; the KV rows lose
+    n·hd − int(n·hd·(1 − r)) in whole heads (with their query heads), the MLP int(I·r)-ish channels. On
+    SmolLM2's shape at 40 % (layers 4-27 pruned) that is 6 query / 2 KV heads and ~683 channels."""
+    shape = DenseShape(30, 576, 9, 3, 64, 1536)
+    pol = Policy.parse("uniform,keep=4:2,split=groups")
+    assert pol.split == "groups" and Policy.parse(str(pol)) == pol
+    from ppf.policy import plan_for
+
+    plan = plan_for(pol, 0.4, None, None, shape)
+    assert abs(plan.block_ratio - 0.4) <= 0.005
+    for lp in plan.layers[4:28]:
+        assert (len(lp.heads), len(lp.kv_heads)) == (6, 2) and abs(len(lp.channels) - 683) <= 2
+        assert len(lp.heads) == 3 * len(lp.kv_heads)  # whole groups only: no query head is pruned inside one
+    for lp in (*plan.layers[:4], *plan.layers[28:]):
+        assert len(lp.channels) == 1536
