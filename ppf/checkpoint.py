@@ -114,11 +114,8 @@ def shrink_layers(model: nn.Module, shapes: list[dict[str, int]]) -> None:
 
     for i, (block, sh) in enumerate(zip(blocks, shapes)):
         if sh["n_heads"] == 0 or sh["intermediate"] == 0:  # removed blocks: zero-width stand-ins
-            remove_blocks(block, i, sh["n_heads"] == 0, sh["intermediate"] == 0)
-            for key, (part, proj) in BIAS_KEYS.items():  # a removed block's mean output (compensation)
-                stand_in = getattr(block, part)
-                if sh.get(key) and getattr(stand_in, proj).in_features == 0:
-                    stand_in.set_shift(torch.zeros(getattr(stand_in, proj).out_features))
+            remove_blocks(block, i, sh["n_heads"] == 0, sh["intermediate"] == 0,  # (+ a mean output: compensation)
+                          bool(sh.get("o_bias")), bool(sh.get("down_bias")))
         attn, mlp = block.self_attn, block.mlp
         hd = attn.head_dim
         hidden = attn.q_proj.in_features

@@ -82,8 +82,8 @@ class NoAttention(_Removed):
         self.num_key_value_groups = 0
 
     @classmethod
-    def replacing(cls, attn: nn.Module, layer_idx: int) -> "NoAttention":
-        return cls(layer_idx, attn.head_dim, attn.o_proj.out_features, like=attn.o_proj.weight)
+    def replacing(cls, attn: nn.Module, layer_idx: int, bias: bool = False) -> "NoAttention":
+        return cls(layer_idx, attn.head_dim, attn.o_proj.out_features, like=attn.o_proj.weight, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, **kwargs):
         if past_key_values is not None:
@@ -105,20 +105,22 @@ class NoMLP(_Removed):
         self.down_proj = empty_linear(0, hidden, bias=bias, like=like)
 
     @classmethod
-    def replacing(cls, mlp: nn.Module) -> "NoMLP":
-        return cls(mlp.down_proj.out_features, like=mlp.down_proj.weight)
+    def replacing(cls, mlp: nn.Module, bias: bool = False) -> "NoMLP":
+        return cls(mlp.down_proj.out_features, like=mlp.down_proj.weight, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self._out(hidden_states)
 
 
-def remove_blocks(layer: nn.Module, index: int, attention: bool, mlp: bool) -> None:
-    """Swap a decoder layer's attention and/or MLP (and the norm in front of each) for stand-ins."""
+def remove_blocks(layer: nn.Module, index: int, attention: bool, mlp: bool, attention_bias: bool = False,
+                  mlp_bias: bool = False) -> None:
+    """Swap a decoder layer's attention and/or MLP (and the norm in front of each) for stand-ins; with a
+    ``*_bias`` the stand-in has room for its mean output (a checkpoint's skeleton)."""
     if attention and not isinstance(layer.self_attn, NoAttention):
-        layer.self_attn = NoAttention.replacing(layer.self_attn, index)
+        layer.self_attn = NoAttention.replacing(layer.self_attn, index, attention_bias)
         layer.input_layernorm = nn.Identity()
     if mlp and not isinstance(layer.mlp, NoMLP):
-        layer.mlp = NoMLP.replacing(layer.mlp)
+        layer.mlp = NoMLP.replacing(layer.mlp, mlp_bias)
         layer.post_attention_layernorm = nn.Identity()
 
 

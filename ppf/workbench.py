@@ -191,23 +191,14 @@ class Workbench:
         if first and shared is not None:
             model.ppf_compensation["statistics_s"] = shared.seconds
         if plan.removed_attention or plan.removed_mlp:
-            first = blocks != "none" and "statistics" not in self.__dict__
-            done = self.with_blocks_compensated(model, blocks, store=False)
+            gathers = blocks != "none" and "statistics" not in self.__dict__
+            done = compensate_blocks(model, self.statistics, blocks) if blocks != "none" else \
+                {"method": "none", "seconds": 0.0, "blocks": 0}
             model.ppf_compensation |= {"removed_blocks": done["method"], "blocks": done["blocks"]}
             model.ppf_compensation["seconds"] += done["seconds"]
-            if first:
+            if gathers:
                 model.ppf_compensation["statistics_s"] = self.statistics.seconds
         return model
-
-    def with_blocks_compensated(self, model: nn.Module, method: str | None = None, store: bool = True) -> dict:
-        """Replace the removed blocks of a pruned ``model`` as ``pruning.removed_blocks`` (or ``method``)
-        says, in place; returns the stats (also stored as ``model.ppf_compensation`` with ``store``)."""
-        method = method or self.params.pruning.removed_blocks
-        st = self.statistics if method != "none" else None
-        out = compensate_blocks(model, st, method) if st is not None else {"method": "none", "seconds": 0.0, "blocks": 0}
-        if store:
-            model.ppf_compensation = out
-        return out
 
     @torch.no_grad()
     def js(self, model: nn.Module) -> float:
