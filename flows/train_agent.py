@@ -8,8 +8,12 @@
    true JS and valid perplexity (one cached task per (policy, ratio): resumable).
 3. Beyond the paper: at each static ratio, CMA-ES over full per-layer ratio vectors with the predictor
    as fitness; its ``search.top_k`` best are evaluated for real and the best by true JS is kept.
+4. The final choice at each static ratio (multi-fidelity, valid split only): the policy contenders
+   ranked by their validation perplexity, the best ``agent.choice.survivors`` re-measured on
+   ``agent.choice.windows`` valid windows, stage by stage; the last stage's best is stored in the agent
+   file and is PPF's answer there (``ppf policy``, ``ppf prune -p agent``, the benchmark).
 
-Outputs: metrics/agent.json, results/agent_validation.csv, plots/agent/{rewards.csv, rewards.png,
+Outputs: metrics/agent.json, results/agent_validation.csv, results/agent_choice.csv, plots/agent/{rewards.csv, rewards.png,
 validation.png}; MLflow run (reward curves, tables), model `ppf-agent` (alias `champion` moves if
 the new agents' mean predicted PPR over the validation ratios beats the champion's, re-scored now).
 Run: ``python -m flows.train_agent [--params params.yaml]``.
@@ -110,10 +114,21 @@ def train_agent_flow(params_path: str = "params.yaml", root: str | None = None) 
     rows = [row | judge(row, context, a.validation.ppl_windows, str(root), params) for row in rows]
     table = V.table(rows)
     metrics = _latency(agents, predictor, ratios) | {"train_s": train_s} | V.summarise(table, params, search_stats)
+    start = time.perf_counter()
+    choices, stages = V.choose(rows, a.validation.ppl_windows, list(zip(a.choice.windows, a.choice.survivors)),
+                               lambda row, w: judge(_candidate(row), context, w, str(root), params)["ppl_valid"])
+    agent_file = agents.with_choices(choices, agent_file)
+    metrics |= {"choice": choices, "choice_s": time.perf_counter() - start}
+    write_text_atomic(root / "results" / "agent_choice.csv", pd.DataFrame(stages).to_csv(index=False, float_format="%.6g"))
     metrics["selection"] = {m: {"seed": res["seed"], "predicted_ppr": res["selection_ppr"],
                                 "restarts_predicted_ppr": res["restart_pprs"]} for m, res in trained.items()}
     _write(root, table, trained, metrics)
     return {**metrics, "registry": _track(root, params, trained, metrics, agent_file, predictor, ratios)}
+
+
+def _candidate(row: dict) -> dict:
+    """A judged row as it was before judging (the re-measuring task's cache key)."""
+    return {k: row[k] for k in ("ratio", "contender", "policy", "predicted_js", "predicted_ppr", "setting", "_policy")}
 
 
 def _save(root: Path, params: Params, trained: dict, predictor_hash: str) -> Path:

@@ -235,6 +235,28 @@ class AgentValidation(Section):
     alpha_epsilon: float = Field(0.3, ge=0, le=1, description="AlphaPruning's epsilon (its LLaMA default)")
 
 
+class AgentChoice(Section):
+    """The multi-fidelity final choice at each static ratio (valid split only, never test): every
+    policy contender of the validation is ranked on its ``validation.ppl_windows``; the best
+    ``survivors[i]`` are re-measured on ``windows[i]`` windows (stage after stage, growing) and the
+    last stage's best is PPF's policy at that ratio (``ppf policy``, ``ppf prune -p agent``, the
+    benchmark)."""
+
+    windows: list[int] = Field([32], description="valid perplexity windows per stage after the validation's")
+    survivors: list[int] = Field([3], description="candidates re-measured at each stage")
+
+    @model_validator(mode="after")
+    def _stages(self) -> "AgentChoice":
+        if len(self.windows) != len(self.survivors):
+            raise ValueError(f"agent.choice.windows {self.windows} and survivors {self.survivors} must have one "
+                             "entry per stage (the same length)")
+        if any(w <= 0 for w in self.windows) or any(b <= a for a, b in zip(self.windows, self.windows[1:])):
+            raise ValueError(f"agent.choice.windows {self.windows} must be positive and growing, e.g. [32, 128]")
+        if any(k <= 0 for k in self.survivors) or any(b > a for a, b in zip(self.survivors, self.survivors[1:])):
+            raise ValueError(f"agent.choice.survivors {self.survivors} must be positive and not growing, e.g. [4, 2]")
+        return self
+
+
 class AgentParams(Section):
     """The DDPG agent (paper, "Implementation Details"): 150 episodes, window 5, noise 0.5 x 0.95."""
 
@@ -256,6 +278,14 @@ class AgentParams(Section):
     restarts: int = Field(3, gt=0, description="agents trained per mode (seeds seed, seed+1, ...); the one with "
                           "the best mean predicted reward over the mode's ratios is kept")
     validation: AgentValidation = Field(default_factory=AgentValidation)
+    choice: AgentChoice = Field(default_factory=AgentChoice)
+
+    @model_validator(mode="after")
+    def _choice_after_validation(self) -> "AgentParams":
+        if self.choice.windows and self.choice.windows[0] <= self.validation.ppl_windows:
+            raise ValueError(f"agent.choice.windows {self.choice.windows} must start above "
+                             f"agent.validation.ppl_windows ({self.validation.ppl_windows}): each stage measures on more tokens")
+        return self
 
 
 class SearchParams(Section):

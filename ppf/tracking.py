@@ -150,7 +150,7 @@ class _AgentModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         import numpy as np
 
-        return [str(self.agents.decide(float(r))["policy"]) for r in np.asarray(model_input, dtype=float).ravel()]
+        return [str(self.agents.answer(float(r))["policy"]) for r in np.asarray(model_input, dtype=float).ravel()]
 
 
 class _PrunedModel(mlflow.pyfunc.PythonModel):

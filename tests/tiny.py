@@ -96,7 +96,8 @@ TINY_PIPELINE = {
     "predictor": {"epochs": 3, "width": 4, "hidden": [8, 4], "speed_samples": 1, "test_fraction": 0.25},
     "agent": {"dynamic": [0.2, 0.4], "static": [0.3], "episodes": 4, "window": 2, "learning_starts": 2,
               "batch_size": 4, "gradient_steps": 2, "net_arch": [8],
-              "validation": {"n_ratios": 3, "ppl_windows": 1, "grid_step": 0.25}},
+              "validation": {"n_ratios": 3, "ppl_windows": 1, "grid_step": 0.25},
+              "choice": {"windows": [2], "survivors": [2]}},
     "search": {"budget": 20, "top_k": 2},
 }
 

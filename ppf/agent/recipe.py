@@ -82,17 +82,18 @@ def locate(ref: str | Path | None, root: Path, params: Params, scratch: str | Pa
 
 
 def answer(wb: Workbench, ratio: float, ref: str | Path | None = None) -> dict[str, Any]:
-    """`ppf policy`: the agent's decision for ``ratio`` with its plan and predicted JS."""
+    """`ppf policy`: PPF's answer for ``ratio`` (the final choice at a static ratio, else the agent's
+    decision) with its plan and predicted JS."""
     with tempfile.TemporaryDirectory() as scratch:
         agents = Agents.load(locate(ref, wb.root, wb.params, scratch))
     if agents.meta.get("model") != wb.name:
         raise PPFError(f"the agent was trained for {agents.meta.get('model')}, not {wb.name}; "
                        "train one for this model (`dvc repro train_agent` with its name in params.yaml)")
-    decision = agents.decide(ratio)
+    decision = agents.answer(ratio)
     pol = decision["policy"]
     pred = Predictor.load(wb.root / "models" / "predictor", wb.planner).predict(pol, ratio)
     return {"ratio": ratio, "policy": pol, "method": pol.method, "a_eta": pol.a_eta, "mode": decision["mode"],
             "actual_ratio": pred["actual_ratio"], "layer_ratios": pred["plan"].layer_ratios(),
             "removed_attention": pred["plan"].removed_attention, "removed_mlp": pred["plan"].removed_mlp,
             "predicted_js": pred["js"], "predicted_ppr": pred["js"] / pred["actual_ratio"],
-            "decision_ms": decision["decision_ms"], "warning": decision["warning"]}
+            "decision_ms": decision["decision_ms"], "warning": decision["warning"], "chosen": decision["chosen"]}

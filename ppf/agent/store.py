@@ -3,6 +3,8 @@
 One agent file holds the actor of every trained mode — the dynamic one (a ratio range) and the
 static ones (one ratio each) — with the range each was trained on. :meth:`Agents.decide` picks
 the mode for a ratio: a static agent trained at exactly that ratio, else the dynamic agent.
+:meth:`Agents.answer` is PPF's answer: at a static ratio the final choice train_agent stored in the
+file (the best contender on growing valid budgets), elsewhere the decision.
 A ratio outside every trained range is ANSWERED, with a warning: any action decodes to a valid
 policy and the plan meets the ratio exactly, but the agent never saw such ratios, so the policy
 may be poor — the warning says so and names the trained range (refusing would break a deployment
@@ -80,6 +82,27 @@ class Agents:
         return mode, (f"ratio {ratio:g} is outside every trained range ({trained}); answering with the "
                       f"'{mode}' agent, whose policy for it is an extrapolation: verify it (ppf predict --verify) "
                       "or train a static agent at this ratio (agent.static in params.yaml)")
+
+    def with_choices(self, choices: dict[str, dict[str, Any]], path: str | Path) -> Path:
+        """Rewrite the agent file with the final choices of train_agent (``{ratio: {policy, ...}}``)."""
+        return save_agents(self.actors, self.modes, path, {**self.meta, "choices": choices})
+
+    def choice(self, ratio: float) -> dict[str, Any] | None:
+        """The multi-fidelity final choice at a static ratio (:func:`ppf.agent.validation.choose`), if any."""
+        for r, c in (self.meta.get("choices") or {}).items():
+            if abs(float(r) - ratio) < 1e-9:
+                return c
+        return None
+
+    def answer(self, ratio: float) -> dict[str, Any]:
+        """PPF's policy for ``ratio``: the final choice where train_agent made one (static ratios),
+        else the actor's decision (:meth:`decide`); ``mode`` says which, ``chosen`` the choice's record."""
+        c = self.choice(check_ratio(ratio))
+        if c is None:
+            return self.decide(ratio) | {"chosen": None}
+        t = time.perf_counter()
+        return {"policy": Policy.parse(c["policy"]), "mode": f"chosen ({c['contender']})", "warning": None,
+                "decision_ms": (time.perf_counter() - t) * 1e3, "chosen": c}
 
     def decide(self, ratio: float, mode: str | None = None) -> dict[str, Any]:
         """The policy for ``ratio``: {policy, mode, warning, decision_ms} (``mode`` forces one actor)."""

@@ -3,17 +3,21 @@
 - :func:`validation_ratios` — the ratios of the paper's dynamic setting (uniform in a range);
 - :func:`contenders` — per ratio, the policies compared: the agent's, uniform, LLM-Pruner's
   (edge layers kept), OWL's and AlphaPruning's mappings, and the best of the exhaustive (method ×
-  a_eta) grid judged by the predictor; in the dynamic setting also the dynamic actor on its own
-  (``dynamic_agent``: the agent's answer at a static ratio comes from that ratio's static actor);
+  a_eta) grid judged by the predictor, ShortGPT's allocation (lowest-BI layers removed) and the
+  dynamic actor on its own (``dynamic_agent``: the agent's answer at a static ratio comes from that
+  ratio's static actor);
 - :func:`search_candidates` — beyond the paper: CMA-ES over per-layer ratio vectors at each static
   ratio, its ``search.top_k`` best by the predictor, to be evaluated for real;
 - :func:`judge` — one row pruned and measured (true JS, valid perplexity) on the workbench;
+- :func:`choose` — the multi-fidelity final choice per static ratio: the policy contenders ranked on
+  the validation's windows, the best re-measured on more valid windows, stage by stage;
 - :func:`table` / :func:`summarise` — the judged rows as results/agent_validation.csv and
   metrics/agent.json.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,11 +26,12 @@ import pandas as pd
 from ppf.agent.env import AGENT_METHODS
 from ppf.baselines import alpha, llm_pruner, owl
 from ppf.config import Params
+from ppf.depth import block_ratio
 from ppf.policy import Policy
 from ppf.search import cma_search
 from ppf.workbench import Workbench
 
-CONTENDERS = ("agent", "uniform", "llm_pruner", "owl", "alpha", "grid_best")
+CONTENDERS = ("agent", "uniform", "llm_pruner", "owl", "alpha", "shortgpt", "grid_best")
 
 
 def predicted(predictor: Any, policy: Policy, ratio: float) -> tuple[float, float]:
@@ -67,7 +72,11 @@ def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float],
                     "grid_best": grid_best(predictor, r, v.grid_step)[0]}
         if sum(params.benchmark.llm_pruner_keep) < n_layers:  # a model too shallow for its kept layers has none
             policies["llm_pruner"] = llm_pruner.policy(n_layers, *params.benchmark.llm_pruner_keep)
-        if setting == "dynamic" and "dynamic" in agents.modes:
+        # ShortGPT's allocation: as many lowest-BI layers removed as fit in the ratio, width the rest
+        depth = int(r / block_ratio(predictor.planner.shape, [0], [0]) + 1e-9)
+        if "bi" in predictor.planner.layer_scores and 1 <= depth < n_layers:
+            policies["shortgpt"] = Policy("uniform", depth=depth)
+        if "dynamic" in agents.modes:  # the dynamic actor on its own (at a static ratio, a candidate of the choice)
             policies["dynamic_agent"] = agents.decide(r, mode="dynamic")["policy"]
         for name, pol in policies.items():
             js, actual = predicted(predictor, pol, r)
@@ -88,6 +97,32 @@ def search_candidates(predictor: Any, rows: list[dict[str, Any]], params: Params
                  "predicted_js": c.predicted_js, "predicted_ppr": c.predicted_ppr, "setting": "static",
                  "_scores": c.scores, "_a_eta": c.a_eta} for i, c in enumerate(cands)]
     return out, stats
+
+
+def choose(rows: list[dict[str, Any]], base_windows: int, stages: list[tuple[int, int]],
+           remeasure: Callable[[dict[str, Any], int], float]) -> tuple[dict[str, dict], list[dict]]:
+    """The multi-fidelity final choice at every static ratio, on the VALID split only.
+
+    Every judged static row that is a policy (not a search vector, whose layer ratios no policy text
+    carries) is ranked by its validation perplexity; at each stage ``(windows, survivors)`` the best
+    ``survivors`` are re-measured with ``remeasure(row, windows)`` and re-ranked; the last ranking's
+    first is the choice. Returns ({ratio: choice}, one record per (stage, candidate))."""
+    choices, log = {}, []
+    static = [x for x in rows if x["setting"] == "static" and x.get("_policy") is not None]
+    for r in sorted({x["ratio"] for x in static}):
+        pool = sorted((x for x in static if x["ratio"] == r), key=lambda x: (x["ppl_valid"], x["contender"]))
+        scored = [(x, x["ppl_valid"], base_windows) for x in pool]
+        log += [{"ratio": r, "stage": 0, "contender": x["contender"], "policy": x["policy"], "windows": w,
+                 "ppl_valid": p} for x, p, w in scored]
+        for i, (windows, survivors) in enumerate(stages, 1):
+            scored = sorted(((x, remeasure(x, windows), windows) for x, _, _ in scored[:survivors]),
+                            key=lambda t: (t[1], t[0]["contender"]))
+            log += [{"ratio": r, "stage": i, "contender": x["contender"], "policy": x["policy"], "windows": w,
+                     "ppl_valid": p} for x, p, w in scored]
+        best, ppl, windows = scored[0]
+        choices[f"{r:g}"] = {"contender": best["contender"], "policy": best["policy"], "ppl_valid": float(ppl),
+                             "windows": windows, "candidates": len(pool)}
+    return choices, log
 
 
 def plan_of(wb: Workbench, row: dict[str, Any]):
@@ -135,7 +170,7 @@ def summarise(t: pd.DataFrame, params: Params, search_stats: dict) -> dict[str, 
             m[f"dynamic_agent_ppl_reduction_vs_{c}_pct"] = 100.0 * (1 - m["mean_ppl_dynamic_agent"] / m[f"mean_ppl_{c}"])
     for r, g in t[t.setting == "static"].groupby("ratio"):
         by = g.set_index("contender")
-        for c in (*CONTENDERS, "search"):
+        for c in (*CONTENDERS, "dynamic_agent", "search"):
             if c in by.index:
                 m[f"static_{r:g}_ppl_{c}"] = float(by.ppl_valid[c])
         m[f"static_{r:g}_search"] = search_stats[f"{r:g}"]

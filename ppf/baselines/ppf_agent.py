@@ -1,5 +1,6 @@
-"""``ppf`` — PPF: the trained agent's policy for the ratio (the static agent trained at that ratio,
-else the dynamic one), from the project's ``models/agent``."""
+"""``ppf`` — PPF: its answer for the ratio from the project's ``models/agent`` — at a static ratio
+the final choice of train_agent (the agents' and every expressible allocation's policies, the best on
+growing valid budgets), else the dynamic agent's policy."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from ppf.baselines.registry import Method, register
 
 
 def plan(wb, ratio: float, state=None):
-    decision = wb.agents.decide(ratio)
+    decision = wb.agents.answer(ratio)
     return f"{decision['policy']} ({decision['mode']} agent)", wb.planner.plan(decision["policy"], ratio)
 
 
-METHOD = register(Method("ppf", "width", "the trained agent's policy (static agent at a trained ratio, else dynamic)",
+METHOD = register(Method("ppf", "width", "PPF's answer: the final choice at a static ratio, else the dynamic agent's policy",
                          plan=plan))

@@ -36,13 +36,26 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
     assert sorted(dyn.ratio.unique()) == [0.2, 0.3, 0.4]
     # the dynamic actor on its own beside the agent (which answers 0.2 / 0.4 with a static actor when one
     # exists); LLM-Pruner's allocation only where the model has layers left to prune beside its kept ones
-    assert set(dyn.contender) - {"llm_pruner"} == {"agent", "dynamic_agent", "uniform", "owl", "alpha", "grid_best"}
+    assert set(dyn.contender) - {"llm_pruner"} == {"agent", "dynamic_agent", "uniform", "owl", "alpha", "shortgpt", "grid_best"}
     assert metrics["mean_ppl_dynamic_agent"] > 0
     assert ((table.actual_ratio - table.ratio).abs() <= 0.02 + 1e-9).all()
     assert "search" in set(table[table.setting == "static"].contender)
     curves = pd.read_csv(agent_project / "plots" / "agent" / "rewards.csv")
     assert set(curves["mode"]) == {"dynamic", "static-0.3"} and curves.episode.max() == 4
     assert result["registry"]["version"] == "1" and result["registry"]["champion"]
+    # the final choice at the static ratio: every policy contender ranked on the validation's 1 window,
+    # the best 2 re-measured on 2 (tiny profile), the better of those stored in the agent file
+    stages = pd.read_csv(agent_project / "results" / "agent_choice.csv")
+    static = table[(table.setting == "static") & ~table.contender.str.startswith("search")]
+    first, last = stages[stages.stage == 0], stages[stages.stage == 1]
+    assert set(first.contender) == set(static.contender) and (first.windows == 1).all()
+    assert len(last) == 2 and (last.windows == 2).all()
+    assert set(last.contender) == set(first.nsmallest(2, "ppl_valid").contender)
+    chosen = metrics["choice"]["0.3"]
+    assert chosen["contender"] == last.loc[last.ppl_valid.idxmin()].contender and chosen["windows"] == 2
+    from ppf.agent import Agents
+
+    assert Agents.load(agent_project / "models" / "agent").choice(0.3) == chosen
 
     monkeypatch.chdir(agent_project)
     model = yaml.safe_load((agent_project / "params.yaml").read_text())["model"]["name"]
@@ -58,7 +71,7 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
     assert code == 2 and "outside (0, 1)" in err
     code, out, err = run_cli(["prune", "--model", model, "--ratio", "0.3", "--policy", "agent", "--json"], capsys)
     assert code == 0, err
-    assert json.loads(out)["policy"] == answer_for(agent_project, model, 0.3, capsys)
+    assert json.loads(out)["policy"] == answer_for(agent_project, model, 0.3, capsys) == chosen["policy"]
 
 
 def answer_for(project, model, ratio, capsys) -> str:

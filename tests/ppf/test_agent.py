@@ -128,3 +128,48 @@ def test_search_improves_the_surrogate_and_returns_distinct_plans():
     assert len(cands) == 3 and len({c.scores for c in cands}) == 3
     best = planner.plan_scores(list(cands[0].scores), cands[0].a_eta, 0.4).layer_ratios()
     assert best[0] < 0.4 and best[-1] < 0.4  # it spared the expensive layers
+
+
+def test_the_final_choice_remeasures_survivors_on_more_windows():
+    from ppf.agent.validation import choose
+
+    def row(name, ppl, ratio=0.4, setting="static", policy=True):
+        return {"ratio": ratio, "contender": name, "policy": name, "setting": setting, "ppl_valid": ppl,
+                "_policy": Policy("uniform") if policy else None}
+
+    rows = [row("a", 10.0), row("b", 11.0), row("c", 12.0), row("d", 30.0),
+            row("search#1", 1.0, policy=False),          # a ratio vector: no policy text, never chosen
+            row("a", 1.0, setting="dynamic")]            # dynamic rows are not candidates
+    truth = {"a": 20.0, "b": 15.0, "c": 14.0, "d": 5.0}  # on more windows: c beats the stage-0 leader a
+    calls = []
+
+    def remeasure(r, windows):
+        calls.append((r["contender"], windows))
+        return truth[r["contender"]] + (0.5 if windows == 32 else 0.0) * (r["contender"] == "c") * 4
+
+    choices, log = choose(rows, 8, [(32, 3), (128, 2)], remeasure)
+    # stage 1: the best 3 on 8 windows (a, b, c) on 32 -> b 15, c 16, a 20; stage 2: b, c on 128 -> c 14
+    assert calls == [("a", 32), ("b", 32), ("c", 32), ("b", 128), ("c", 128)]
+    assert choices == {"0.4": {"contender": "c", "policy": "c", "ppl_valid": 14.0, "windows": 128, "candidates": 4}}
+    assert [(x["stage"], x["contender"]) for x in log if x["stage"] > 0] == [(1, "b"), (1, "c"), (1, "a"), (2, "c"), (2, "b")]
+    assert {x["windows"] for x in log if x["stage"] == 0} == {8}
+    only, _ = choose(rows, 8, [], remeasure)  # no stage: the validation's own ranking decides
+    assert only["0.4"]["contender"] == "a" and only["0.4"]["windows"] == 8
+
+
+def test_a_stored_choice_is_the_answer_at_its_ratio(tmp_path):
+    from ppf.agent import build_actor
+
+    actors = {m: build_actor((8,)) for m in ("dynamic", "static-0.4")}
+    save_agents(actors, {"dynamic": (0.2, 0.4), "static-0.4": (0.4, 0.4)}, tmp_path / "agent", {"model": "m", "net_arch": [8]})
+    agents = Agents.load(tmp_path / "agent")
+    assert agents.answer(0.4)["chosen"] is None and agents.answer(0.4)["policy"] == agents.decide(0.4)["policy"]
+    chosen = {"contender": "llm_pruner", "policy": "uniform,keep=4:2,split=groups", "ppl_valid": 9.0, "windows": 32,
+              "candidates": 8}
+    file = agents.with_choices({"0.4": chosen}, tmp_path / "agent")
+    again = Agents.load(file)
+    out = again.answer(0.4)
+    assert out["policy"] == Policy.parse("uniform,keep=4:2,split=groups") and out["mode"] == "chosen (llm_pruner)"
+    assert out["chosen"] == chosen
+    assert again.answer(0.3)["policy"] == again.decide(0.3)["policy"] and again.choice(0.3) is None
+    assert again.decide(0.4)["policy"] == agents.decide(0.4)["policy"]  # the actors are untouched
