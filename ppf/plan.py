@@ -104,9 +104,12 @@ class PruningPlan:
     shape: DenseShape
     layers: tuple[LayerPlan, ...]
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # set only by from_masks, which checked the masks whole (vectorised) and built sorted indices itself
+    _checked: bool = field(default=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
-        validate(self)
+        if not self._checked:
+            validate(self)
 
     # ---- sizes and ratios -------------------------------------------------------------------------
     def layer_params(self, i: int) -> int:
@@ -170,14 +173,45 @@ class PruningPlan:
         import numpy as np
 
         rows = [np.asarray(m, dtype=bool) for m in (heads, kv_heads, channels)]
-        layers = tuple(LayerPlan(*(tuple(np.flatnonzero(m[i]).tolist()) for m in rows)) for i in range(len(rows[0])))
-        return cls(shape, layers, dict(meta or {}))
+        check_masks(shape, *rows)
+        per_layer = []
+        for m in rows:  # one nonzero + tolist per mask, then slices per layer (row-major: sorted per row)
+            flat, ends = np.nonzero(m)[1].tolist(), np.cumsum(m.sum(axis=1)).tolist()
+            per_layer.append([tuple(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends)])
+        return cls(shape, tuple(LayerPlan(*unit) for unit in zip(*per_layer)), dict(meta or {}), _checked=True)
 
     @classmethod
     def dense(cls, shape: DenseShape) -> "PruningPlan":
         """The identity plan: everything kept."""
         full = LayerPlan(tuple(range(shape.n_heads)), tuple(range(shape.n_kv_heads)), tuple(range(shape.intermediate)))
         return cls(shape, tuple(full for _ in range(shape.n_layers)))
+
+
+def check_masks(shape: DenseShape, heads: Any, kv_heads: Any, channels: Any) -> None:
+    """:func:`validate`'s rules on whole boolean KEEP masks at once (what from_masks builds from)."""
+    s = shape
+    want = [(s.n_layers, s.n_heads), (s.n_layers, s.n_kv_heads), (s.n_layers, s.intermediate)]
+    for name, m, w in zip(("heads", "kv_heads", "channels"), (heads, kv_heads, channels), want):
+        if m.shape != w:
+            raise PPFError(f"{name} mask has shape {m.shape}, the dense shape needs {w}")
+    attention, mlp = kv_heads.any(axis=1), channels.any(axis=1)
+    if not (attention | mlp).any():
+        raise PPFError(f"the plan removes all {s.n_layers} layers; keep at least one attention or MLP block")
+    if (heads.any(axis=1) != attention).any():
+        i = int((heads.any(axis=1) != attention).argmax())
+        raise PPFError(f"plan layer {i} keeps {int(heads[i].sum())} query heads and {int(kv_heads[i].sum())} KV heads; "
+                       "an attention block keeps both or neither (neither: the block is removed)")
+    per_group = heads.reshape(s.n_layers, s.n_kv_heads, s.groups).sum(axis=2)
+    top = per_group.max(axis=1, keepdims=True)
+    bad = ((per_group > 0) != kv_heads).any(axis=1) | ((per_group > 0) & (per_group != top)).any(axis=1)
+    if bad.any():
+        i = int(bad.argmax())
+        import numpy as np
+
+        raise PPFError(
+            f"plan layer {i} breaks the GQA rule: kept query heads {np.flatnonzero(heads[i]).tolist()} must come in "
+            f"equal numbers from exactly the kept KV groups {np.flatnonzero(kv_heads[i]).tolist()} (groups of {s.groups})"
+        )
 
 
 def validate(plan: PruningPlan) -> None:

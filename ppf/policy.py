@@ -395,7 +395,26 @@ def plan_for(policy: Policy | str, target: float, H: Sequence[float] | None,
              units: "Mapping[str, Any] | UnitRanks | None", shape: DenseShape,
              max_layer_ratio: float = 0.9, tol: float = 0.005, bi: Sequence[float] | None = None,
              block_order: Sequence[Sequence[Any]] | None = None) -> PruningPlan:
-    """The pruning plan of ``policy`` at ``target``, whose ACTUAL block ratio is within ``tol`` of it.
+    """The pruning plan of ``policy`` at ``target`` (:func:`keep_masks`, as a :class:`PruningPlan`)."""
+    return _plan(shape, *keep_masks(policy, target, H, units, shape, max_layer_ratio, tol, bi, block_order))
+
+
+def _plan(shape: DenseShape, heads: np.ndarray, kv_heads: np.ndarray, channels: np.ndarray,
+          meta: dict[str, Any]) -> PruningPlan:
+    """The plan of KEEP masks, its meta completed with the actual ratio and per-layer ratios."""
+    plan = PruningPlan.from_masks(shape, heads, kv_heads, channels, meta)
+    plan.meta["actual"] = plan.block_ratio
+    plan.meta["layer_ratios"] = plan.layer_ratios()
+    return plan
+
+
+def keep_masks(policy: Policy | str, target: float, H: Sequence[float] | None,
+               units: "Mapping[str, Any] | UnitRanks | None", shape: DenseShape,
+               max_layer_ratio: float = 0.9, tol: float = 0.005, bi: Sequence[float] | None = None,
+               block_order: Sequence[Sequence[Any]] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The KEEP masks (query heads [L, n_heads], KV heads [L, n_kv_heads], channels [L, intermediate])
+    and the meta of the pruning plan of ``policy`` at ``target``, whose ACTUAL block ratio is within ``tol`` of it.
 
     The policy's depth part removes its blocks first (whole layers in ``bi`` order, or the first
     ``depth`` blocks of BlockPruner's ``block_order``: ``[(kind, layer), ...]``); protected edge layers
@@ -494,10 +513,7 @@ def plan_for(policy: Policy | str, target: float, H: Sequence[float] | None,
         meta |= {"norm": policy.norm, "keep": [policy.first, policy.last], "depth": policy.depth,
                  "order": policy.order, "split": policy.split,
                  "removed": {"attention": sorted(attn_gone), "mlp": sorted(mlp_gone)}}
-    plan = PruningPlan.from_masks(shape, head_keep, kv_keep, channel_keep, meta)
-    plan.meta["actual"] = plan.block_ratio
-    plan.meta["layer_ratios"] = plan.layer_ratios()
-    return plan
+    return head_keep, kv_keep, channel_keep, meta
 
 
 def reach(policy: Policy, shape: DenseShape, max_layer_ratio: float = 0.9) -> float:
@@ -548,11 +564,15 @@ class Planner:
     block_order: tuple[tuple[str, int], ...] | None = None  # BlockPruner's greedy order, where computed
 
     def plan(self, policy: Policy, ratio: float) -> PruningPlan:
+        return _plan(self.shape, *self.masks(policy, ratio))
+
+    def masks(self, policy: Policy, ratio: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """:meth:`plan`'s KEEP masks and meta, without building the plan (the predictor's batch path)."""
         H = self.layer_scores.get(policy.method)
         if H is None and policy.method != "uniform":
             raise PPFError(f"no '{policy.method}' layer scores in the importance cache; known: {', '.join(self.layer_scores)}")
-        return plan_for(policy, ratio, H, self.ranks, self.shape, self.max_layer_ratio, self.tolerance,
-                        bi=self.layer_scores.get("bi"), block_order=self.block_order)
+        return keep_masks(policy, ratio, H, self.ranks, self.shape, self.max_layer_ratio, self.tolerance,
+                          bi=self.layer_scores.get("bi"), block_order=self.block_order)
 
     def plan_scores(self, scores: Sequence[float], a_eta: float, ratio: float) -> PruningPlan:
         """A plan from ANY per-layer scores (higher = pruned less) through Eqs 4-5: with a_eta = half

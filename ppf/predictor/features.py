@@ -43,6 +43,21 @@ def image(plan: PruningPlan, kind: str = "o_proj") -> np.ndarray:
     return mask_image(plan, kind)
 
 
+def image_of_masks(shape: DenseShape, heads: np.ndarray, kv_heads: np.ndarray, channels: np.ndarray,
+                   kind: str = "o_proj") -> np.ndarray:
+    """:func:`image` straight from a plan's KEEP masks (:meth:`ppf.policy.Planner.masks`) — the
+    predictor's batch path, which never builds the plan's index lists; equal to ``image`` of the plan."""
+    if kind not in ("o_proj", "blocks"):
+        return image(PruningPlan.from_masks(shape, heads, kv_heads, channels), kind)
+    o_proj = np.asarray(heads, dtype=np.float32)[None]
+    if kind == "o_proj":
+        return o_proj
+    frac = np.asarray(channels).sum(axis=1) / shape.intermediate
+    bins = np.arange(shape.n_heads, dtype=np.float64)
+    mlp = np.clip(frac[:, None] * shape.n_heads - bins[None, :], 0.0, 1.0).astype(np.float32)[None]
+    return np.concatenate([o_proj, mlp])
+
+
 def image_shape(shape: DenseShape, kind: str) -> tuple[int, int, int]:
     """The [C, L, W] an image of ``kind`` has for a model of ``shape``."""
     planes = {"o_proj": 1, "attention": 4, "mlp": 1, "o_proj+mlp": 2, "blocks": 2}

@@ -20,7 +20,7 @@ import torch
 from ppf.errors import PPFError
 from ppf.io import read_artifact, write_tensors_atomic
 from ppf.policy import Planner, Policy
-from ppf.predictor.features import image, image_shape
+from ppf.predictor.features import image, image_of_masks, image_shape
 from ppf.predictor.net import NetConfig, PredictorNet
 
 FILE = "predictor.safetensors"
@@ -88,9 +88,11 @@ class Predictor:
         return float(self.predict_images(image(plan, self.meta["input"]))[0])
 
     def predict_batch(self, items: list[tuple[Policy, float]]) -> np.ndarray:
-        """Predicted JS of many (policy, ratio) pairs: every plan made, then ONE forward over all images."""
-        kind = self.meta["input"]
-        return self.predict_images(np.stack([image(self.planner.plan(p, r), kind) for p, r in items]))
+        """Predicted JS of many (policy, ratio) pairs: every plan's masks made (no index lists), then ONE
+        forward over all images."""
+        kind, shape = self.meta["input"], self.planner.shape
+        return self.predict_images(np.stack([image_of_masks(shape, *self.planner.masks(p, r)[:3], kind)
+                                             for p, r in items]))
 
     def predict(self, policy: Policy, ratio: float) -> dict[str, Any]:
         """Predicted JS of ``policy`` at ``ratio`` with the plan it scored and the time it took."""

@@ -200,3 +200,43 @@ def test_plan_from_model_rejects_foreign_models():
     gate.weight.data = gate.weight.data.flip(0)
     with pytest.raises(PPFError, match="not increasing"):
         plan_from_model(shuffled, dense)
+
+
+@pytest.mark.parametrize("shape", [DenseShape(3, 64, 4, 4, 16, 96), DenseShape(3, 64, 4, 2, 16, 96), GQA8])
+@pytest.mark.parametrize("policy", ["lod:0.3", "bi:0.2,norm=rank,keep=1:0,depth=1,split=0.25", "uniform,split=groups"])
+def test_the_batch_path_images_equal_the_plans(shape, policy):
+    """Planner.masks + image_of_masks (no index lists) give exactly the image of the plan, every kind,
+    and from_masks' vectorised checks build the same plan the per-layer validation accepts."""
+    from ppf.policy import keep_masks
+    from ppf.predictor.features import KINDS as INPUTS, image, image_of_masks
+
+    g = torch.Generator().manual_seed(1)
+    units = {"head": torch.rand(shape.n_layers, shape.n_heads, generator=g),
+             "kv": torch.rand(shape.n_layers, shape.n_kv_heads, generator=g),
+             "channel": torch.rand(shape.n_layers, shape.intermediate, generator=g)}
+    H = torch.rand(shape.n_layers, generator=g).numpy()
+    for ratio in (0.4, 0.55):
+        masks = keep_masks(Policy.parse(policy), ratio, H, units, shape, bi=H)
+        plan = plan_for(Policy.parse(policy), ratio, H, units, shape, bi=H)
+        assert PruningPlan(shape, plan.layers) == plan  # the slow, per-layer validation agrees
+        for kind in INPUTS:
+            assert np.array_equal(image_of_masks(shape, *masks[:3], kind), image(plan, kind)), kind
+
+
+def test_masks_breaking_the_rules_are_refused_whole():
+    shape = DenseShape(2, 32, 8, 2, 4, 10)
+    heads, kv, ch = np.ones((2, 8), bool), np.ones((2, 2), bool), np.ones((2, 10), bool)
+    bad = heads.copy()
+    bad[1, 0] = False  # 3 heads from group 0, 4 from group 1
+    with pytest.raises(PPFError, match=r"plan layer 1 breaks the GQA rule"):
+        PruningPlan.from_masks(shape, bad, kv, ch)
+    orphan = kv.copy()
+    orphan[0, 1] = False  # group 1's heads kept without its KV head
+    with pytest.raises(PPFError, match=r"plan layer 0 breaks the GQA rule"):
+        PruningPlan.from_masks(shape, heads, orphan, ch)
+    with pytest.raises(PPFError, match=r"keeps 8 query heads and 0 KV heads"):
+        PruningPlan.from_masks(shape, heads, np.zeros((2, 2), bool), ch)
+    with pytest.raises(PPFError, match="removes all 2 layers"):
+        PruningPlan.from_masks(shape, ~heads, ~kv, ~ch)
+    with pytest.raises(PPFError, match=r"channels mask has shape \(2, 9\)"):
+        PruningPlan.from_masks(shape, heads, kv, ch[:, :9])
