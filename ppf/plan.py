@@ -189,6 +189,8 @@ class PruningPlan:
 
 def check_masks(shape: DenseShape, heads: Any, kv_heads: Any, channels: Any) -> None:
     """:func:`validate`'s rules on whole boolean KEEP masks at once (what from_masks builds from)."""
+    import numpy as np
+
     s = shape
     want = [(s.n_layers, s.n_heads), (s.n_layers, s.n_kv_heads), (s.n_layers, s.intermediate)]
     for name, m, w in zip(("heads", "kv_heads", "channels"), (heads, kv_heads, channels), want):
@@ -206,8 +208,6 @@ def check_masks(shape: DenseShape, heads: Any, kv_heads: Any, channels: Any) -> 
     bad = ((per_group > 0) != kv_heads).any(axis=1) | ((per_group > 0) & (per_group != top)).any(axis=1)
     if bad.any():
         i = int(bad.argmax())
-        import numpy as np
-
         raise PPFError(
             f"plan layer {i} breaks the GQA rule: kept query heads {np.flatnonzero(heads[i]).tolist()} must come in "
             f"equal numbers from exactly the kept KV groups {np.flatnonzero(kv_heads[i]).tolist()} (groups of {s.groups})"

@@ -97,11 +97,12 @@ class Agents:
     def answer(self, ratio: float) -> dict[str, Any]:
         """PPF's policy for ``ratio``: the final choice where train_agent made one (static ratios),
         else the actor's decision (:meth:`decide`); ``mode`` says which, ``chosen`` the choice's record."""
+        t = time.perf_counter()
         c = self.choice(check_ratio(ratio))
         if c is None:
             return self.decide(ratio) | {"chosen": None}
-        t = time.perf_counter()
-        return {"policy": Policy.parse(c["policy"]), "mode": f"chosen ({c['contender']})", "warning": None,
+        policy = Policy.parse(c["policy"])
+        return {"policy": policy, "mode": f"chosen ({c['contender']})", "warning": None,
                 "decision_ms": (time.perf_counter() - t) * 1e3, "chosen": c}
 
     def decide(self, ratio: float, mode: str | None = None) -> dict[str, Any]:
