@@ -78,8 +78,21 @@ def test_deployments_are_served_and_a_triggered_run_completes(tmp_path, tiny_mod
         assert found["weekly-retrain"]["parameters"]["force"] is True
 
         # trigger the nightly deployment now, on a cheap target, and wait for the run to finish
-        run = httpx.post(f"{api}/deployments/{found['nightly-benchmark']['id']}/create_flow_run",
-                         json={"parameters": {"targets": ["prepare"]}}, timeout=10).json()
+        # the server's SQLite can answer 5xx ("database is locked") while the scheduler writes the
+        # deployments' scheduled runs on a loaded machine: retry the creation, show the last answer
+        answers: list[httpx.Response] = []
+
+        def created():
+            answers.append(httpx.post(f"{api}/deployments/{found['nightly-benchmark']['id']}/create_flow_run",
+                                      json={"parameters": {"targets": ["prepare"]}}, timeout=30))
+            return answers[-1].json() if answers[-1].status_code in (200, 201) else None
+
+        try:
+            run = _wait("creating the triggered run", created, 120, server, server_log)
+        except AssertionError as e:
+            last = answers[-1] if answers else None
+            raise AssertionError(f"{e}\nlast answer: {last and (last.status_code, last.text[:2000])}") from None
+        assert "id" in run, run
 
         def finished():
             state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]
