@@ -1,14 +1,17 @@
 """Stage `importance`: score the dense model once — layer H for lod/esd/bi/uniform, head/channel scores.
 
 Output: data/importance/<model>-<key>.{json,safetensors} (read by every later stage and by
-`ppf prune`, so no policy evaluation ever runs the dense model over calibration data again), and
-metrics/importance.json (seconds per part, the H vectors).
+`ppf prune`, so no policy evaluation ever runs the dense model over calibration data again), with
+BlockPruner's greedy block order up to ``benchmark.blockpruner.order_ratio``
+(<model>-blockorder-<key>.json: ``order=blocks`` policies and the blockpruner baseline), and
+metrics/importance.json (seconds per part, the H vectors, the block order).
 Run: ``python -m flows.importance [--params params.yaml]``.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from prefect import flow, task
@@ -20,8 +23,16 @@ from ppf.workbench import Workbench
 
 @task
 def score(root: Path, params: Params) -> dict:
-    imp = Workbench(root, params).importance(compute=True, save_to=root / "data" / "importance")
-    return {"layer": imp.layer, "seconds": imp.meta.get("timings", {}), "unit_importance": imp.meta["unit_importance"]}
+    wb = Workbench(root, params)
+    imp = wb.importance(compute=True, save_to=root / "data" / "importance")
+    out = {"layer": imp.layer, "seconds": dict(imp.meta.get("timings", {})), "unit_importance": imp.meta["unit_importance"]}
+    limit = params.benchmark.blockpruner.order_ratio
+    if limit > 0:  # BlockPruner's greedy order, for order=blocks policies and the blockpruner baseline
+        t = time.perf_counter()
+        steps = wb.block_steps(limit, compute=True, save_to=root / "data" / "importance")
+        out["seconds"]["block_order_s"] = time.perf_counter() - t
+        out["block_order"] = [f"{s['kind']}:{s['layer']}" for s in steps]
+    return out
 
 
 @flow(name="importance")
@@ -30,7 +41,8 @@ def importance_flow(params_path: str = "params.yaml", root: str | None = None) -
     params = load_params(root / params_path)
     return finish(root, params, "importance", score(root, params),
                   {"model": params.model.model_dump(), "pruning": params.pruning.model_dump(),
-                   "calibration": params.calibration.model_dump()})
+                   "calibration": params.calibration.model_dump(),
+                   "blockpruner": params.benchmark.blockpruner.model_dump()})
 
 
 if __name__ == "__main__":

@@ -156,8 +156,9 @@ def within_ratio_samples(c: Any, shape: DenseShape, max_layer_ratio: float = 0.9
 
 
 def evaluate(wb: Workbench, sample: Sample) -> dict[str, Any]:
-    """One dataset row of ``sample``: plan → prune a copy → JS vs the dense model (plain JSON-able
-    values; the mask flattened with its shape)."""
+    """One dataset row of ``sample``: plan → prune a copy → JS vs the dense model (and, from the same
+    pass, KL and the NLL above dense: the other reward signals); plain JSON-able values, the mask
+    flattened with its shape."""
     t = time.perf_counter()
     plan = wb.planner.plan(sample.policy, sample.ratio)
     mask = compress(plan)
@@ -169,5 +170,5 @@ def evaluate(wb: Workbench, sample: Sample) -> dict[str, Any]:
         "removed_attention": len(plan.removed_attention), "removed_mlp": len(plan.removed_mlp),
         "actual_ratio": plan.block_ratio, "layer_ratios": [float(x) for x in plan.layer_ratios()],
         "mask": mask.astype(np.uint8).ravel().tolist(), "mask_shape": list(mask.shape),
-        "js": js, "ppr": ppr(js, plan.block_ratio), "compensation": res["compensation"], "plan_s": plan_s, "eval_s": time.perf_counter() - t - plan_s,
+        "js": js, "kl": res["kl"], "nll": res["nll"], "ppr": ppr(js, plan.block_ratio), "compensation": res["compensation"], "plan_s": plan_s, "eval_s": time.perf_counter() - t - plan_s,
     }

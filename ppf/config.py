@@ -300,6 +300,9 @@ class SearchParams(Section):
 class BlockPrunerParams(Section):
     n_samples: int = Field(2, gt=0, description="calibration sequences scoring each candidate removal")
     seqlen: int = Field(128, ge=2)
+    order_ratio: float = Field(0.52, ge=0, lt=1, description="the importance stage searches BlockPruner's greedy "
+                               "order up to this block ratio once (policies with order=blocks remove blocks in "
+                               "it; this baseline reads its prefix); 0 = not searched there")
 
 
 class BenchmarkParams(Section):

@@ -110,10 +110,18 @@ def next_token_logprobs(model: nn.Module, tokens: torch.Tensor, batch_size: int 
     return torch.cat(out)
 
 
+SIGNALS = ("js", "kl", "nll")  # what one pass over the held-out tokens measures (:func:`divergences`)
+
+
 @torch.no_grad()
-def js_divergence(reference: torch.Tensor | nn.Module, model: nn.Module, tokens: torch.Tensor,
-                  batch_size: int = 4) -> float:
-    """Mean per-token JS divergence (nats) between ``reference`` and ``model`` on ``tokens`` [n, L].
+def divergences(reference: torch.Tensor | nn.Module, model: nn.Module, tokens: torch.Tensor,
+                batch_size: int = 4) -> dict[str, float]:
+    """How far ``model`` is from ``reference`` on ``tokens`` [n, L], in one pass (nats):
+
+    - ``js``: mean per-position JS(P || Q) (PPF's reward and the predictor's target);
+    - ``kl``: mean per-position KL(P || Q), the dense model's distribution first (EvoPress' fitness);
+    - ``nll``: the pruned model's mean next-token NLL minus the dense model's on the same positions,
+      i.e. log(ppl_pruned / ppl_dense) on these tokens — what users measure, relative to dense.
 
     ``reference`` is the dense model, or its precomputed :func:`next_token_logprobs` on the same
     tokens (the fast path when many pruned variants are compared against one base).
@@ -121,18 +129,30 @@ def js_divergence(reference: torch.Tensor | nn.Module, model: nn.Module, tokens:
     if tokens.dim() != 2:
         raise PPFError(f"tokens must be [n, seqlen], got shape {tuple(tokens.shape)}")
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    js = kl = nll = 0.0
+    count = targets = 0
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start:start + batch_size]
         if isinstance(reference, torch.Tensor):
-            logp = reference[start:start + batch_size]
+            logp = reference[start:start + batch_size].float()
         else:
             logp = next_token_logprobs(reference, batch, batch_size)
         logq = torch.log_softmax(model(batch.to(device), use_cache=False).logits.float(), dim=-1).cpu()
-        js = js_per_token(logp, logq)
-        total += js.double().sum().item()
-        count += js.numel()
-    return total / count
+        per = js_per_token(logp, logq)
+        js += per.double().sum().item()
+        kl += (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0).double().sum().item()
+        nxt = batch[:, 1:].unsqueeze(-1)
+        nll += (logp[:, :-1].gather(-1, nxt) - logq[:, :-1].gather(-1, nxt)).double().sum().item()
+        count += per.numel()
+        targets += nxt.numel()
+    return {"js": js / count, "kl": kl / count, "nll": nll / targets}
+
+
+def js_divergence(reference: torch.Tensor | nn.Module, model: nn.Module, tokens: torch.Tensor,
+                  batch_size: int = 4) -> float:
+    """Mean per-token JS divergence (nats) between ``reference`` and ``model`` on ``tokens`` [n, L]
+    (:func:`divergences`' ``js``)."""
+    return divergences(reference, model, tokens, batch_size)["js"]
 
 
 def ppr(js: float, actual_ratio: float) -> float:

@@ -377,13 +377,13 @@ def removed_by_depth(policy: Policy, shape: DenseShape, protected: np.ndarray, b
         chosen = sorted(free, key=lambda i: (b[i], i))[: policy.depth]
         return set(chosen), set(chosen)
     if block_order is None:
-        raise PPFError("depth order 'blocks' needs BlockPruner's block order, which this planner was not given "
-                       "(the library takes it as Planner.block_order, from ppf.baselines.blockpruner.prepare); "
-                       "use order=layers")
+        raise PPFError("depth order 'blocks' needs BlockPruner's block order, and none is stored for this model and "
+                       "calibration: run `dvc repro importance` with benchmark.blockpruner.order_ratio > 0 (or "
+                       "`ppf prune`, which searches it once), or use order=layers")
     steps = [(str(k), int(i)) for k, i in block_order if not protected[int(i)]]
     if policy.depth > len(steps):
-        raise PPFError(f"depth={policy.depth} asks for more blocks than BlockPruner's order has ({len(steps)} "
-                       "outside the protected layers); lower depth or compute a longer order")
+        raise PPFError(f"depth={policy.depth} asks for more blocks than BlockPruner's stored order has ({len(steps)} "
+                       "outside the protected layers); lower depth or raise benchmark.blockpruner.order_ratio")
     attn = {i for k, i in steps[: policy.depth] if k == "attention"}
     mlp = {i for k, i in steps[: policy.depth] if k == "mlp"}
     if len(attn & mlp) == shape.n_layers:

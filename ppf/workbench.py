@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ppf.arch import describe
+from ppf.block_order import as_order, cached_removal_order
 from ppf.checkpoint import is_checkpoint, save_pruned
 from ppf.compensate import DenseStatistics, compensate, compensate_blocks, dense_statistics
 from ppf.config import Params
@@ -32,7 +34,7 @@ from ppf.data.corpus import calibration_batch, tokenize_text
 from ppf.errors import PPFError
 from ppf.importance import Importance, cached_importance
 from ppf.io import read_tensors
-from ppf.metrics import js_divergence, next_token_logprobs, perplexity
+from ppf.metrics import divergences, next_token_logprobs, perplexity
 from ppf.models import load, load_config
 from ppf.paths import cache_dir
 from ppf.plan import DenseShape, PruningPlan
@@ -102,14 +104,32 @@ class Workbench:
         return cached_importance(self.model if compute else None, self.name, self.tokens[0], pp.unit_importance,
                                  pp.outlier_m, folders, save_to or (cache_dir() / "importance" if compute else None))
 
+    def block_steps(self, max_ratio: float | None, compute: bool = False, save_to: Path | None = None,
+                    progress: Callable[[int, float], None] = lambda step, ratio: None) -> list[dict] | None:
+        """BlockPruner's greedy removal order up to ``max_ratio`` on ``benchmark.blockpruner``'s
+        calibration slice, from ``data/importance`` or the user cache; with ``compute`` a miss runs the
+        search (saved to ``save_to``, default the user cache); None on a miss without ``compute``.
+        ``max_ratio=None``: the whole stored order (never searched)."""
+        bp = self.params.benchmark.blockpruner
+        batch = self.tokens[0][: bp.n_samples, : bp.seqlen].long()
+        folders = (self.root / "data" / "importance", cache_dir() / "importance")
+        if save_to is not None:
+            folders = (Path(save_to),)
+        return cached_removal_order(self.model if compute else None, self.name, batch, self.shape, max_ratio,
+                                    folders, save_to or (cache_dir() / "importance" if compute else None), progress)
+
     @cached_property
     def planner(self) -> Planner:
         return self._planner(self.importance(compute=self.compute_importance))
 
     def _planner(self, imp: Importance) -> Planner:
+        """The planner over ``imp``, with BlockPruner's order where one is stored (any length: a
+        policy's ``order=blocks`` takes its first ``depth`` blocks, and says so when it is too short)."""
         pp = self.params.pruning
+        steps = self.block_steps(None)
+        order = None if steps is None else as_order(steps)
         return Planner(str(self.name), self.shape, dict(imp.layer), UnitRanks.of(imp.units, self.shape),
-                       pp.max_layer_ratio, pp.tolerance)
+                       pp.max_layer_ratio, pp.tolerance, order)
 
     @cached_property
     def agents(self) -> Any:
@@ -203,7 +223,11 @@ class Workbench:
     @torch.no_grad()
     def js(self, model: nn.Module) -> float:
         """JS(dense || model) on the held-out tokens."""
-        return js_divergence(self.reference, model, self.tokens[1], self.params.js.batch_size)
+        return self.divergences(model)["js"]
+
+    def divergences(self, model: nn.Module) -> dict[str, float]:
+        """JS, KL(dense || model) and the NLL above dense on the held-out tokens, in one pass."""
+        return divergences(self.reference, model, self.tokens[1], self.params.js.batch_size)
 
     @torch.no_grad()
     def perplexity(self, model: nn.Module, split: str, max_windows: int | None) -> float:
@@ -212,10 +236,11 @@ class Workbench:
 
     @torch.no_grad()
     def judge(self, plan: PruningPlan, ppl_windows: int | None = None) -> dict[str, float]:
-        """Prune for real and measure: true JS (+ valid perplexity on ``ppl_windows`` windows)."""
+        """Prune for real and measure: true JS, KL and NLL above dense on the held-out tokens
+        (:func:`ppf.metrics.divergences`; + valid perplexity on ``ppl_windows`` windows)."""
         t = time.perf_counter()
         pruned = self.pruned(plan)
-        out = {"js": self.js(pruned), "compensation": pruned.ppf_compensation["method"]}
+        out: dict[str, Any] = {**self.divergences(pruned), "compensation": pruned.ppf_compensation["method"]}
         if ppl_windows is not None:
             out["ppl_valid"] = self.perplexity(pruned, "valid", ppl_windows)
         out["seconds"] = time.perf_counter() - t
@@ -241,6 +266,10 @@ def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
     t = time.perf_counter()
     progress("calibration tokens + importance scores (cached after the first run)")
     wb.planner  # noqa: B018  (reads, or computes once, the importance scores)
+    if policy.depth and policy.order == "blocks" and wb.planner.block_order is None:
+        progress("BlockPruner's block order for order=blocks (searched once, then cached)")
+        steps = wb.block_steps(max(wb.params.benchmark.blockpruner.order_ratio, ratio + 0.02), compute=True)
+        wb.__dict__["planner"] = replace(wb.planner, block_order=as_order(steps))
     times["importance_s"] = time.perf_counter() - t
     t = time.perf_counter()
     plan = wb.planner.plan(policy, ratio)

@@ -8,11 +8,12 @@
   ratio's static actor);
 - :func:`search_candidates` — beyond the paper: CMA-ES over per-layer ratio vectors at each static
   ratio, its ``search.top_k`` best by the predictor, to be evaluated for real;
-- :func:`judge` — one row pruned and measured (true JS, valid perplexity) on the workbench;
+- :func:`judge` — one row pruned and measured (true JS, KL, NLL above dense; valid perplexity);
 - :func:`choose` — the multi-fidelity final choice per static ratio: the policy contenders ranked on
   the validation's windows, the best re-measured on more valid windows, stage by stage;
 - :func:`table` / :func:`summarise` — the judged rows as results/agent_validation.csv and
-  metrics/agent.json.
+  metrics/agent.json, with :func:`reward_agreement` (which held-out signal ranks one ratio's
+  contenders as valid perplexity does).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from ppf.agent.env import AGENT_METHODS
 from ppf.baselines import alpha, llm_pruner, owl
 from ppf.config import Params
 from ppf.depth import block_ratio
+from ppf.metrics import SIGNALS
 from ppf.policy import Policy
 from ppf.search import cma_search
 from ppf.workbench import Workbench
@@ -133,11 +136,11 @@ def plan_of(wb: Workbench, row: dict[str, Any]):
 
 
 def judge(wb: Workbench, row: dict[str, Any], ppl_windows: int) -> dict[str, float]:
-    """True JS + valid perplexity of a row's plan."""
+    """True JS (with KL and the NLL above dense from the same pass) + valid perplexity of a row's plan."""
     plan = plan_of(wb, row)
     res = wb.judge(plan, ppl_windows)
     ratios = plan.layer_ratios()
-    return {"true_js": res["js"], "ppl_valid": res["ppl_valid"], "actual_ratio": plan.block_ratio,
+    return {"true_js": res["js"], "true_kl": res["kl"], "true_nll": res["nll"], "ppl_valid": res["ppl_valid"], "actual_ratio": plan.block_ratio,
             "layer_ratio_min": float(min(ratios)), "layer_ratio_max": float(max(ratios)), "seconds": res["seconds"],
             "compensation": res["compensation"]}
 
@@ -151,6 +154,27 @@ def table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     best = searched.loc[searched.groupby("ratio").true_js.idxmin()].assign(contender="search")
     return pd.concat([t[~t.contender.str.startswith("search#")], best,
                       searched.assign(contender=searched.contender.str.replace("#", "_candidate"))], ignore_index=True)
+
+
+def reward_agreement(t: pd.DataFrame) -> dict[str, Any]:
+    """How well each signal measured on the held-out tokens (JS, the reward; KL; the NLL above dense)
+    ranks the contenders of ONE ratio as their valid perplexity does: the Spearman correlation within
+    each (setting, ratio) of the judged rows (the aggregated ``search`` row left out: it repeats a
+    candidate), its mean over the ratios and its worst. The measurement that decides the reward."""
+    rows = t[t.contender != "search"]
+    out: dict[str, Any] = {}
+    for signal in SIGNALS:
+        col = f"true_{signal}"
+        if col not in rows:
+            continue
+        rho = [spearmanr(g[col], g.ppl_valid)[0] for _, g in rows.groupby(["setting", "ratio"])
+               if len(g) >= 3 and g[col].nunique() > 1 and g.ppl_valid.nunique() > 1]
+        rho = [float(x) for x in rho if np.isfinite(x)]
+        if rho:
+            out[signal] = {"mean": float(np.mean(rho)), "min": float(np.min(rho)), "ratios": len(rho)}
+    if out:
+        out["best"] = max((k for k in out), key=lambda k: out[k]["mean"])
+    return out
 
 
 def summarise(t: pd.DataFrame, params: Params, search_stats: dict) -> dict[str, Any]:
@@ -168,6 +192,7 @@ def summarise(t: pd.DataFrame, params: Params, search_stats: dict) -> dict[str, 
         m[f"ppl_reduction_vs_{c}_pct"] = 100.0 * (1 - m["mean_ppl_agent"] / m[f"mean_ppl_{c}"])
         if "mean_ppl_dynamic_agent" in m:
             m[f"dynamic_agent_ppl_reduction_vs_{c}_pct"] = 100.0 * (1 - m["mean_ppl_dynamic_agent"] / m[f"mean_ppl_{c}"])
+    m["reward_agreement"] = reward_agreement(t)
     for r, g in t[t.setting == "static"].groupby("ratio"):
         by = g.set_index("contender")
         for c in (*CONTENDERS, "dynamic_agent", "search"):

@@ -59,6 +59,10 @@ def test_repro_runs_every_stage_of_the_tiny_profile(project):
         assert (root / f).stat().st_size > 0, f
     bench = json.loads((root / "metrics" / "benchmark.json").read_text())
     assert "0.3" in bench and "ppf_ppl" in bench["0.3"]
+    # BlockPruner's order searched once in the importance stage, stored beside the layer scores
+    imp = json.loads((root / "metrics" / "importance.json").read_text())
+    assert imp["block_order"] and "block_order_s" in imp["seconds"]
+    assert len(list((root / "data" / "importance").glob("*-blockorder-*.json"))) == 1
 
 
 def test_a_second_repro_is_a_no_op(project):

@@ -173,3 +173,22 @@ def test_a_stored_choice_is_the_answer_at_its_ratio(tmp_path):
     assert out["chosen"] == chosen
     assert again.answer(0.3)["policy"] == again.decide(0.3)["policy"] and again.choice(0.3) is None
     assert again.decide(0.4)["policy"] == agents.decide(0.4)["policy"]  # the actors are untouched
+
+
+def test_reward_agreement_says_which_signal_ranks_a_ratio_as_perplexity_does():
+    import pandas as pd
+
+    from ppf.agent.validation import reward_agreement
+
+    rows = []
+    for r in (0.2, 0.4):
+        for i, ppl in enumerate([30.0, 40.0, 50.0, 60.0]):
+            rows.append({"setting": "dynamic", "ratio": r, "contender": f"c{i}", "ppl_valid": ppl,
+                         "true_js": [0.1, 0.3, 0.2, 0.4][i],      # one swap: rho 0.8
+                         "true_kl": [1.0, 2.0, 3.0, 4.0][i],      # same order: rho 1
+                         "true_nll": [4.0, 3.0, 2.0, 1.0][i]})    # reversed: rho -1
+    rows.append(rows[0] | {"contender": "search", "true_kl": 99.0})  # the aggregated search row is left out
+    out = reward_agreement(pd.DataFrame(rows))
+    assert out["kl"] == {"mean": pytest.approx(1.0), "min": pytest.approx(1.0), "ratios": 2}
+    assert out["js"]["mean"] == pytest.approx(0.8) and out["nll"]["mean"] == pytest.approx(-1.0)
+    assert out["best"] == "kl"

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from ppf.baselines.blockpruner import blocks_for_ratio, next_token_nll, removal_order
+from ppf.baselines.blockpruner import blocks_for_ratio
+from ppf.block_order import next_token_nll, removal_order
 from ppf.baselines.shortgpt import layers_to_remove
 from ppf.depth import NoAttention, NoMLP, block_ratio
 from ppf.prune import drop_blocks

@@ -123,3 +123,21 @@ def test_js_divergence_model_vs_cached_reference(tiny_llama):
         ppr(js_model, 0.0)
     with pytest.raises(PPFError):
         js_divergence(model, other, tokens[0])
+
+
+def test_one_pass_measures_js_kl_and_the_nll_above_dense(tiny_llama):
+    import torch.nn.functional as F
+
+    from ppf.metrics import divergences, js_divergence, next_token_logprobs
+
+    model, _ = tiny_llama
+    other, _ = make_llama(model.config.num_attention_heads, model.config.num_key_value_heads, seed=1)
+    tokens = torch.randint(4, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(0))
+    same = divergences(model, model, tokens)
+    assert all(abs(v) < 1e-5 for v in same.values())
+    d = divergences(next_token_logprobs(model, tokens), other, tokens, batch_size=2)
+    assert d["js"] == pytest.approx(js_divergence(model, other, tokens), rel=1e-6)
+    assert d["kl"] > d["js"] > 0  # KL(P||Q) >= 2 JS... at least above it for distinct models
+    with torch.no_grad():
+        nll = lambda m: F.cross_entropy(m(tokens).logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())  # noqa: E731
+        assert d["nll"] == pytest.approx((nll(other) - nll(model)).item(), rel=1e-4)

@@ -115,6 +115,33 @@ def test_every_baselines_allocation_is_a_policy_of_the_space(bench, ratio):
     assert ordered.plan(Policy("uniform", depth=k, order="blocks"), block.block_ratio) == block
 
 
+# ---- BlockPruner's order: searched once, stored, read by every planner -------------------------
+def test_the_block_order_is_searched_once_stored_and_read_by_later_planners(tmp_path):
+    from ppf.block_order import cached_removal_order, removal_order
+
+    model, tok = make_llama(4, 2, layers=6)
+    params = parse_params({"calibration": {"n_samples": 4, "seqlen": 16}, "pruning": {"compensation": "none"},
+                           "benchmark": {"blockpruner": {"n_samples": 2, "seqlen": 16, "order_ratio": 0.3}}})
+    wb = W.Workbench.of(model, tok, params, _tokens(4), _tokens(2, seed=3), root=tmp_path)
+    assert wb.planner.block_order is None  # nothing stored yet: order=blocks is refused, as above
+    policy = Policy.parse("uniform,depth=3,order=blocks")
+    report = W.prune(wb, policy, 0.35, out=None)  # `ppf prune` searches the missing order once
+    assert abs(report["actual_block_ratio"] - 0.35) <= params.pruning.tolerance
+    batch = _tokens(4)[:2, :16].long()
+    direct = removal_order(model, batch, wb.shape, 0.37)
+    order = tuple((s["kind"], s["layer"]) for s in direct)
+    # a new planner for the same model and calibration reads the stored order, without any model
+    again = W.Workbench.of(model, tok, params, _tokens(4), _tokens(2, seed=3), root=tmp_path)
+    assert again.planner.block_order == order
+    assert again.planner.plan(policy, 0.35) == wb.planner.plan(policy, 0.35)
+    # a shorter ratio reads the stored prefix (the same as searching that far); a longer one is a miss
+    folders = (W.cache_dir() / "importance",)
+    assert cached_removal_order(None, wb.name, batch, wb.shape, 0.1, folders, None) == removal_order(model, batch, wb.shape, 0.1)
+    assert cached_removal_order(None, wb.name, batch, wb.shape, 0.6, folders, None) is None
+    # other calibration tokens: another order, never the stored one
+    assert cached_removal_order(None, wb.name, _tokens(2, seed=9), wb.shape, 0.1, folders, None) is None
+
+
 # ---- depth and split plan, prune, save and reload -----------------------------------------------
 @pytest.mark.parametrize("text", ["bi:0.2,depth=2", "lod:0.3,norm=rank,keep=1:1,depth=1,split=0.6",
                                   "esd:0.1,split=0.0", "uniform,depth=2,order=blocks"])
