@@ -1,5 +1,5 @@
 """The whole pipeline as one Prefect flow: prepare → importance → collect → train_predictor →
-train_agent → benchmark (dense_eval alongside), each stage a subflow whose work is cached tasks.
+active → train_agent → benchmark (dense_eval alongside), each stage a subflow whose work is cached tasks.
 
 DVC (`dvc repro`) decides which stages must run from their deps and params; this flow is the
 same chain for Prefect deployments and for running without DVC. A run killed midway resumes from
@@ -15,6 +15,7 @@ import time
 
 from prefect import flow
 
+from flows.active import active_flow
 from flows.benchmark import benchmark_flow
 from flows.collect import collect
 from flows.common import run_main
@@ -26,7 +27,8 @@ from flows.train_predictor import train_predictor_flow
 
 STAGES = {
     "prepare": prepare, "dense_eval": dense_eval, "importance": importance_flow, "collect": collect,
-    "train_predictor": train_predictor_flow, "train_agent": train_agent_flow, "benchmark": benchmark_flow,
+    "train_predictor": train_predictor_flow, "active": active_flow, "train_agent": train_agent_flow,
+    "benchmark": benchmark_flow,
 }
 
 

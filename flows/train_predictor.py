@@ -24,7 +24,7 @@ from flows.common import CACHE, ROOT, run_main
 from ppf import tracking
 from ppf.config import Params, load_params
 from ppf.io import write_json_atomic
-from ppf.predictor import NetConfig, Predictor, PredictorNet, image_shape, recipe
+from ppf.predictor import Predictor, image_shape, recipe
 from ppf.workbench import Workbench
 
 
@@ -48,8 +48,7 @@ def train_predictor_flow(params_path: str = "params.yaml", root: str | None = No
     wb = Workbench(root, params)
     data = recipe.prepare_data(wb)
     result = train(str(root), data.digest, pp.model_dump(), params)
-    net = PredictorNet(NetConfig.from_dict(result["config"]))
-    net.load_state_dict(result["state"])
+    net = recipe.network(result["config"], result["state"])
     held_out = result["held_out"]
     meta = {"model": data.planner.model, "input": pp.input, "image_shape": list(image_shape(data.planner.shape, pp.input)),
             "dataset": data.digest, "pruning": params.pruning.model_dump(), "held_out": held_out,

@@ -297,6 +297,16 @@ class SearchParams(Section):
     seed: int = 0
 
 
+class ActiveParams(Section):
+    """Active learning after train_predictor (:mod:`ppf.active`): the predictor's best policies at each
+    static agent ratio evaluated for real, added to the training rows, the predictor refit; again."""
+
+    rounds: int = Field(2, ge=1, description="propose -> evaluate -> refit rounds")
+    k: int = Field(3, ge=1, description="new policies evaluated for real per ratio and round")
+    budget: int = Field(300, gt=0, description="predictor calls of each round's CMA-ES per ratio")
+    seed: int = 0
+
+
 class BlockPrunerParams(Section):
     n_samples: int = Field(2, gt=0, description="calibration sequences scoring each candidate removal")
     seqlen: int = Field(128, ge=2)
@@ -382,6 +392,7 @@ class Params(Section):
     predictor: PredictorParams = Field(default_factory=PredictorParams)
     agent: AgentParams = Field(default_factory=AgentParams)
     search: SearchParams = Field(default_factory=SearchParams)
+    active: ActiveParams = Field(default_factory=ActiveParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     deploy: DeployParams = Field(default_factory=DeployParams)

@@ -39,6 +39,21 @@ def predictor_scatter(table: pd.DataFrame, held_out: dict[str, float], title: st
     return _png(fig)
 
 
+def active_curve(curve: pd.DataFrame) -> bytes:
+    """Per round: the predictor's error on its own proposals, and the best true PPR found so far."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.plot(curve["round"], curve.proposal_mae, "o-", label="predictor MAE on its proposals (JS)")
+    ax.set_xlabel("active-learning round")
+    ax.set_ylabel("MAE on proposed candidates")
+    ax.set_xticks(list(curve["round"]))
+    right = ax.twinx()
+    right.plot(curve["round"], curve.best_true_ppr, "s--", color="tab:red", label="best true PPR so far (mean over ratios)")
+    right.set_ylabel("best true PPR")
+    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7)
+    return _png(fig)
+
+
 def agent_rewards(curves: pd.DataFrame) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for mode, g in curves.groupby("mode"):

@@ -99,6 +99,7 @@ TINY_PIPELINE = {
               "validation": {"n_ratios": 3, "ppl_windows": 1, "grid_step": 0.25},
               "choice": {"windows": [2], "survivors": [2]}},
     "search": {"budget": 20, "top_k": 2},
+    "active": {"rounds": 2, "k": 1, "budget": 30},
 }
 
 

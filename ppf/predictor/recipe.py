@@ -23,6 +23,7 @@ import pandas as pd
 
 from ppf import collect, plots
 from ppf.config import Params
+from ppf.errors import PPFError
 from ppf.io import write_bytes_atomic, write_text_atomic
 from ppf.policy import Planner, Policy
 from ppf.predictor.dataset import build_images, policy_groups, read_samples, split, within_rows
@@ -62,6 +63,29 @@ def prepare_data(wb: Workbench, kind: str | None = None) -> Data:
     train, test = split(df, pp.test_fraction, pp.seed, pp.split)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return Data(df, images, train, test, within_rows(df), planner, kind, digest)
+
+
+def network(config: dict[str, Any], state: dict[str, Any]) -> PredictorNet:
+    """A trained network from its config dict and weights (a training task's result), in eval mode."""
+    net = PredictorNet(NetConfig.from_dict(config))
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def with_rows(data: Data, extra: pd.DataFrame) -> Data:
+    """``data`` plus ``extra`` TRAINING rows (collected elsewhere, e.g. by active learning; their
+    images re-planned and checked like the dataset's); the held-out and within-ratio rows stay."""
+    if extra.empty:
+        return data
+    extra = extra.reindex(columns=data.df.columns)
+    clash = set(extra["key"]) & set(data.df["key"])
+    if clash:
+        raise PPFError(f"rows {sorted(clash)[:3]} are in the dataset already; add only new policies")
+    n = len(data.df)
+    return Data(pd.concat([data.df, extra], ignore_index=True),
+                np.concatenate([data.images, build_images(extra, data.planner, data.kind)]),
+                np.concatenate([data.train, n + np.arange(len(extra))]), data.test, data.within,
+                data.planner, data.kind, data.digest)
 
 
 def net_config(params: Params, in_channels: int, **overrides: Any) -> NetConfig:

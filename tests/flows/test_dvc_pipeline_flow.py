@@ -16,8 +16,9 @@ from tiny import git_project, subprocess_env
 
 from conftest import build_sdist
 
-STAGES = ["prepare", "dense_eval", "importance", "collect", "train_predictor", "train_agent", "benchmark"]
-OUTS = ["data/masks/samples.parquet", "models/predictor/predictor.safetensors", "models/agent/agent.safetensors"]
+STAGES = ["prepare", "dense_eval", "importance", "collect", "train_predictor", "active", "train_agent", "benchmark"]
+OUTS = ["data/masks/samples.parquet", "models/predictor/predictor.safetensors", "data/active/rows.parquet",
+        "models/agent/agent.safetensors"]
 
 
 def dvc(project: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:

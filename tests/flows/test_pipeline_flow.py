@@ -16,7 +16,21 @@ def test_the_pipeline_runs_end_to_end_and_reruns_from_cache(tiny_project, monkey
                                          "new_tokens": 2})
     first = pipeline_flow("params.yaml", root=str(tiny_project))
     assert list(first["seconds"]) == ["prepare", "dense_eval", "importance", "collect", "train_predictor",
-                                      "train_agent", "benchmark"]
+                                      "active", "train_agent", "benchmark"]
+    # active learning: rounds of real evaluations of the predictor's proposals, none a dataset row
+    import json
+
+    import pandas as pd
+
+    active = json.loads((tiny_project / "metrics" / "active.json").read_text())
+    rounds = TINY_PIPELINE["active"]["rounds"]
+    assert [k for k in active if k.startswith("round_")] == [f"round_{i}" for i in range(1, rounds + 1)]
+    rows = pd.read_parquet(tiny_project / "data" / "active" / "rows.parquet")
+    dataset = pd.read_parquet(tiny_project / "data" / "masks" / "samples.parquet")
+    assert not set(rows.key) & set(dataset.key) and not rows.key.duplicated().any()
+    assert len(rows) == active["evaluated"] == sum(active[f"round_{i}"]["proposed"] for i in range(1, rounds + 1))
+    assert (tiny_project / "models" / "predictor_active" / "predictor.safetensors").stat().st_size > 0
+    assert (tiny_project / "plots" / "active" / "curve.png").stat().st_size > 0
     for f in ("data/masks/samples.parquet", "models/predictor/predictor.safetensors", "models/agent/agent.safetensors",
               "results/agent_validation.csv", "results/benchmark.csv", "metrics/benchmark.json"):
         assert (tiny_project / f).stat().st_size > 0, f
