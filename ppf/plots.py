@@ -41,16 +41,17 @@ def predictor_scatter(table: pd.DataFrame, held_out: dict[str, float], title: st
 
 def active_curve(curve: pd.DataFrame) -> bytes:
     """Per round: the predictor's error on its own proposals, and the best true PPR found so far."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    ax.plot(curve["round"], curve.proposal_mae, "o-", label="predictor MAE on its proposals (JS)")
-    ax.set_xlabel("active-learning round")
-    ax.set_ylabel("MAE on proposed candidates")
-    ax.set_xticks(list(curve["round"]))
-    right = ax.twinx()
-    right.plot(curve["round"], curve.best_true_ppr, "s--", color="tab:red", label="best true PPR so far (mean over ratios)")
-    right.set_ylabel("best true PPR")
-    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.5), dpi=110)
+    left.plot(curve["round"], curve.proposal_mae, "o-")
+    left.set_ylabel("predictor MAE on its proposals (JS)")
+    right.plot(curve["round"], curve.best_true_ppr, "s-", color="tab:red", label="mean over ratios")
+    for col in [c for c in curve.columns if c.startswith("best_true_ppr_")]:
+        right.plot(curve["round"], curve[col], ".--", lw=1, label=col.removeprefix("best_true_ppr_"))
+    right.set_ylabel("best true PPR found so far")
+    right.legend(fontsize=7, title="ratio", title_fontsize=7)
+    for ax in (left, right):
+        ax.set_xlabel("active-learning round")
+        ax.set_xticks(list(curve["round"]))
     return _png(fig)
 
 
