@@ -21,16 +21,14 @@ import io
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import flow, task
 
 from flows.collect import context_key
 from flows.common import CACHE, ROOT, finish, run_main, workbench
+from ppf import active as A
 from ppf import collect as C
 from ppf import plots
-from ppf.active import active_learning, propose
-from ppf.agent.recipe import action_space
 from ppf.config import Params, load_params
 from ppf.io import write_bytes_atomic, write_text_atomic
 from ppf.policy import Policy
@@ -58,60 +56,47 @@ def refit_predictor(rows: list[dict], n_rows: int, dataset: str, root: str, para
     return {"state": net.state_dict(), "config": config.to_dict(), "held_out": held_out}
 
 
-@flow(name="active")
-def active_flow(params_path: str = "params.yaml", root: str | None = None) -> dict:
-    root = Path(root or ROOT)
-    params = load_params(root / params_path)
-    a = params.active
-    wb = Workbench(root, params)
-    data = recipe.prepare_data(wb)
-    first = Predictor.load(root / "models" / "predictor", wb.planner)
-    space, context = action_space(wb), context_key(root, params)
-    columns = list(data.df.columns)
-    refits: list[dict] = []
-
-    def predict_with(predictor):
-        def predict(policy: Policy, ratio: float) -> tuple[float, float]:
-            out = predictor.predict(policy, ratio)
-            return out["js"], out["actual_ratio"]
-        return predict
-
-    def propose_with(predictor, ratio, k, known, rnd):
-        return propose(predict_with(predictor), space, ratio, k, a.budget, a.seed + 1000 * rnd, known)
-
-    def evaluate(p):
-        return evaluate_policy(str(p.policy), p.ratio, context, str(root), params)
-
-    last: dict = {}
-
-    def refit(rows):
-        train_rows = [{c: r.get(c) for c in columns} for r in rows]
-        last["result"] = result = refit_predictor(train_rows, len(train_rows), data.digest, str(root), params)
-        refits.append({"rows": len(rows), **{k: result["held_out"].get(k) for k in ("mae", "spearman", "spearman_within_ratio")}})
-        return Predictor(recipe.network(result["config"], result["state"]), first.meta | {"active_rows": len(rows)}, wb.planner)
-
-    known = {f"{float(r.ratio):.6f}|{C.Sample.from_row(r).policy}" for r in data.df.itertuples(index=False)}
-    final, rows, curve = active_learning(first, list(params.agent.static), a.rounds, a.k, propose_with, evaluate,
-                                         refit, progress=lambda msg: print(msg, flush=True), known=known)
+def _write(root: Path, rows: list[dict], curve: list[dict], result: dict, meta: dict) -> pd.DataFrame:
+    """data/active/rows.parquet (no wall-clock columns: same params, same bytes), the refit
+    predictor, plots/active/curve.{csv,png}."""
     df = pd.DataFrame(rows).drop(columns=["plan_s", "eval_s"], errors="ignore")
     df = df.sort_values(["round", "target", "key"]).reset_index(drop=True)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     write_bytes_atomic(root / ROWS, buf.getvalue())
-    meta = first.meta | {"active_rows": len(rows), "active_rounds": a.rounds, "held_out": last["result"]["held_out"]}
-    save_predictor(recipe.network(last["result"]["config"], last["result"]["state"]), root / "models" / "predictor_active", meta)
+    save_predictor(recipe.network(result["config"], result["state"]), root / "models" / "predictor_active", meta)
     table = pd.DataFrame(curve)
-    folder = root / "plots" / "active"
-    write_text_atomic(folder / "curve.csv", table.to_csv(index=False, float_format="%.6g"))
-    write_bytes_atomic(folder / "curve.png", plots.active_curve(table))
-    metrics = {f"round_{c['round']}": {k: v for k, v in c.items() if k != "round"} for c in curve}
-    metrics["refits"] = refits
-    metrics["first_predictor_held_out"] = {k: first.meta["held_out"].get(k) for k in ("mae", "spearman", "spearman_within_ratio")}
-    metrics["proposal_mae_falls"] = bool(len(curve) > 1 and curve[-1]["proposal_mae"] < curve[0]["proposal_mae"])
-    metrics["evaluated"] = len(rows)
-    metrics["best_true_js"] = {f"{r:g}": float(np.min(df[df.target == r].js)) for r in params.agent.static
-                               if (df.target == r).any()}
-    return finish(root, params, "active", metrics, {"active": a.model_dump(), "context": context})
+    write_text_atomic(root / "plots" / "active" / "curve.csv", table.to_csv(index=False, float_format="%.6g"))
+    write_bytes_atomic(root / "plots" / "active" / "curve.png", plots.active_curve(table))
+    return df
+
+
+@flow(name="active")
+def active_flow(params_path: str = "params.yaml", root: str | None = None) -> dict:
+    root = Path(root or ROOT)
+    params = load_params(root / params_path)
+    wb = Workbench(root, params)
+    data = recipe.prepare_data(wb)
+    first = Predictor.load(root / "models" / "predictor", wb.planner)
+    context, columns = context_key(root, params), list(data.df.columns)
+    refits: list[dict] = []
+
+    def evaluate(p):
+        return evaluate_policy(str(p.policy), p.ratio, context, str(root), params)
+
+    def refit(rows):
+        train_rows = [{c: r.get(c) for c in columns} for r in rows]
+        refits.append(refit_predictor(train_rows, len(train_rows), data.digest, str(root), params) | {"rows": len(rows)})
+        return Predictor(recipe.network(refits[-1]["config"], refits[-1]["state"]), first.meta, wb.planner)
+
+    _, rows, curve = A.run(wb, first, data.df, evaluate, refit, progress=lambda msg: print(msg, flush=True))
+    meta = first.meta | {"active_rows": len(rows), "active_rounds": params.active.rounds,
+                         "held_out": refits[-1]["held_out"]}
+    df = _write(root, rows, curve, refits[-1], meta)
+    scores = [{"rows": r["rows"], **{k: r["held_out"].get(k) for k in ("mae", "spearman", "spearman_within_ratio")}}
+              for r in refits]
+    metrics = A.summary(curve, scores, first.meta["held_out"], df, list(params.agent.static))
+    return finish(root, params, "active", metrics, {"active": params.active.model_dump(), "context": context})
 
 
 if __name__ == "__main__":

@@ -120,3 +120,41 @@ def active_learning(predictor: Any, ratios: list[float], rounds: int, k: int,
                  f"best true PPR {point['best_true_ppr']:.4f}")
         predictor = refit(rows)  # the last refit too: the returned predictor has seen every row
     return predictor, rows, curve
+
+
+def predicting(predictor: Any) -> Callable[[Policy, float], tuple[float, float]]:
+    """``predict(policy, ratio) -> (predicted js, actual ratio)`` of a :class:`ppf.predictor.Predictor`."""
+    def predict(policy: Policy, ratio: float) -> tuple[float, float]:
+        out = predictor.predict(policy, ratio)
+        return out["js"], out["actual_ratio"]
+    return predict
+
+
+def run(wb: Any, first: Any, dataset: Any, evaluate: Callable[[Proposal], dict[str, Any]],
+        refit: Callable[[list[dict[str, Any]]], Any], progress: Callable[[str], None] = lambda msg: None
+        ) -> tuple[Any, list[dict], list[dict]]:
+    """:func:`active_learning` with the project's settings (``active``, the static agent ratios, the
+    agent's action space), never proposing a row of ``dataset`` (the collected DataFrame)."""
+    from ppf.agent.recipe import action_space
+    from ppf.collect import Sample
+
+    a, space = wb.params.active, action_space(wb)
+
+    def propose_with(predictor: Any, ratio: float, k: int, known: set[str], rnd: int) -> list[Proposal]:
+        return propose(predicting(predictor), space, ratio, k, a.budget, a.seed + 1000 * rnd, known)
+
+    known = {f"{float(r.ratio):.6f}|{Sample.from_row(r).policy}" for r in dataset.itertuples(index=False)}
+    return active_learning(first, list(wb.params.agent.static), a.rounds, a.k, propose_with, evaluate, refit,
+                           progress, known)
+
+
+def summary(curve: list[dict], refits: list[dict], first_held_out: dict, rows: Any, ratios: list[float]) -> dict:
+    """metrics/active.json: the curve keyed ``round_<n>``, the refits' held-out scores against the
+    first predictor's, whether the error on proposals fell, and the best true JS per ratio."""
+    out: dict[str, Any] = {f"round_{c['round']}": {k: v for k, v in c.items() if k != "round"} for c in curve}
+    out["refits"] = refits
+    out["first_predictor_held_out"] = {k: first_held_out.get(k) for k in ("mae", "spearman", "spearman_within_ratio")}
+    out["proposal_mae_falls"] = bool(len(curve) > 1 and curve[-1]["proposal_mae"] < curve[0]["proposal_mae"])
+    out["evaluated"] = len(rows)
+    out["best_true_js"] = {f"{r:g}": float(rows[rows.target == r].js.min()) for r in ratios if (rows.target == r).any()}
+    return out
