@@ -46,12 +46,13 @@ from ppf.workbench import Workbench
 
 
 def _predictor(root: Path, params: Params) -> Predictor:
-    return Predictor.load(root / "models" / "predictor", Workbench(root, params).planner)
+    return Predictor.load(R.predictor_dir(root, params), Workbench(root, params).planner)
 
 
 def _digest(path: Path) -> str:
     if not path.is_file():
-        raise PPFError(f"'{path}' is missing; run `dvc repro train_predictor` first")
+        stage = "active" if path.parent.name == "predictor_active" else "train_predictor"
+        raise PPFError(f"'{path}' is missing; run `dvc repro {stage}` first")
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
@@ -98,7 +99,7 @@ def train_agent_flow(params_path: str = "params.yaml", root: str | None = None) 
     root = Path(root or ROOT)
     params = load_params(root / params_path)
     a = params.agent
-    predictor_hash = _digest(root / "models" / "predictor" / "predictor.safetensors")
+    predictor_hash = _digest(R.predictor_dir(root, params) / "predictor.safetensors")
     predictor = _predictor(root, params)
     start = time.perf_counter()
     trained = train_modes(root, params, predictor_hash)

@@ -305,6 +305,8 @@ class ActiveParams(Section):
     k: int = Field(3, ge=1, description="new policies evaluated for real per ratio and round")
     budget: int = Field(300, gt=0, description="predictor calls of each round's CMA-ES per ratio")
     seed: int = 0
+    feed_agent: bool = Field(True, description="train_agent trains on the refit predictor (models/predictor_active) "
+                             "instead of models/predictor")
 
 
 class BlockPrunerParams(Section):

@@ -81,6 +81,12 @@ def locate(ref: str | Path | None, root: Path, params: Params, scratch: str | Pa
     return locate_file(ref, own, params.tracking.agent_name, "agent.safetensors", root, scratch, "train_agent")
 
 
+def predictor_dir(root: Path, params: Params) -> Path:
+    """The predictor the agents train on: the active stage's refit one (``active.feed_agent``) or
+    train_predictor's."""
+    return Path(root) / "models" / ("predictor_active" if params.active.feed_agent else "predictor")
+
+
 def answer(wb: Workbench, ratio: float, ref: str | Path | None = None) -> dict[str, Any]:
     """`ppf policy`: PPF's answer for ``ratio`` (the final choice at a static ratio, else the agent's
     decision) with its plan and predicted JS."""
@@ -91,7 +97,10 @@ def answer(wb: Workbench, ratio: float, ref: str | Path | None = None) -> dict[s
                        "train one for this model (`dvc repro train_agent` with its name in params.yaml)")
     decision = agents.answer(ratio)
     pol = decision["policy"]
-    pred = Predictor.load(wb.root / "models" / "predictor", wb.planner).predict(pol, ratio)
+    folder = predictor_dir(wb.root, wb.params)
+    if not (folder / "predictor.safetensors").is_file():  # a project whose agent trained on train_predictor's
+        folder = wb.root / "models" / "predictor"
+    pred = Predictor.load(folder, wb.planner).predict(pol, ratio)
     return {"ratio": ratio, "policy": pol, "method": pol.method, "a_eta": pol.a_eta, "mode": decision["mode"],
             "actual_ratio": pred["actual_ratio"], "layer_ratios": pred["plan"].layer_ratios(),
             "removed_attention": pred["plan"].removed_attention, "removed_mlp": pred["plan"].removed_mlp,

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from tiny import TINY_PIPELINE, edit_params, run_cli
 
+from flows.active import active_flow
 from flows.collect import collect
 from flows.prepare import prepare
 from flows.train_agent import train_agent_flow
@@ -21,6 +22,7 @@ def agent_project(tiny_project):
     prepare("params.yaml", root=str(tiny_project))
     collect("params.yaml", root=str(tiny_project))
     train_predictor_flow("params.yaml", root=str(tiny_project))
+    active_flow("params.yaml", root=str(tiny_project))  # active.feed_agent: the agents train on its refit predictor
     return tiny_project
 
 
@@ -31,6 +33,14 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
                 "mean_ppl_grid_best"):
         assert metrics[key] > 0, key
     assert metrics["policy_latency_ms"] < 50
+    # active.feed_agent: the agents trained on the active stage's refit predictor, not train_predictor's
+    import hashlib
+
+    from ppf.agent import Agents
+
+    digest = lambda f: hashlib.sha256((agent_project / "models" / f / "predictor.safetensors").read_bytes()).hexdigest()[:16]  # noqa: E731
+    assert Agents.load(agent_project / "models" / "agent").meta["predictor"] == digest("predictor_active") != digest("predictor")
+    assert "reward_agreement" in metrics and set(metrics["reward_agreement"]) <= {"js", "kl", "nll", "best"}
     table = pd.read_csv(agent_project / "results" / "agent_validation.csv")
     dyn = table[table.setting == "dynamic"]
     assert sorted(dyn.ratio.unique()) == [0.2, 0.3, 0.4]
