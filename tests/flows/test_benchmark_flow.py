@@ -9,6 +9,7 @@ import pytest
 import yaml
 from tiny import TINY_PIPELINE, edit_params, run_cli
 
+from flows.active import active_flow
 from flows.benchmark import benchmark_flow
 from flows.collect import collect
 from flows.prepare import prepare
@@ -24,7 +25,7 @@ def bench_project(tiny_project):
     edit_params(tiny_project, benchmark={"ratios": [0.34], "max_windows": 2, "zero_shot_limit": 2, "speed_seqlen": 8,
                                          "speed_batch": 1, "new_tokens": 2, "llm_pruner_keep": [1, 0],
                                          "blockpruner": {"n_samples": 2, "seqlen": 16}})
-    for stage in (prepare, collect, train_predictor_flow, train_agent_flow):
+    for stage in (prepare, collect, train_predictor_flow, active_flow, train_agent_flow):
         stage("params.yaml", root=str(tiny_project))
     return tiny_project
 
