@@ -29,6 +29,11 @@ from ppf.errors import PPFError
 from ppf.policy import Policy
 
 
+def proposal_key(ratio: float, policy: Policy) -> str:
+    """One policy at one ratio, as the rounds tell proposals apart (and from the dataset's rows)."""
+    return f"{ratio:.6f}|{policy}"
+
+
 @dataclass(frozen=True)
 class Proposal:
     ratio: float
@@ -42,7 +47,7 @@ class Proposal:
 
     @property
     def key(self) -> str:
-        return f"{self.ratio:.6f}|{self.policy}"
+        return proposal_key(self.ratio, self.policy)
 
 
 def propose(predict: Callable[[Policy, float], tuple[float, float]], space: Any, ratio: float, k: int,
@@ -57,7 +62,7 @@ def propose(predict: Callable[[Policy, float], tuple[float, float]], space: Any,
 
     def fitness(a: np.ndarray) -> float:
         policy = space.decode(np.clip(a, -1.0, 1.0), ratio)
-        key = f"{ratio:.6f}|{policy}"
+        key = proposal_key(ratio, policy)
         if key not in seen:
             try:
                 js, actual = predict(policy, ratio)
@@ -143,7 +148,7 @@ def run(wb: Any, first: Any, dataset: Any, evaluate: Callable[[Proposal], dict[s
     def propose_with(predictor: Any, ratio: float, k: int, known: set[str], rnd: int) -> list[Proposal]:
         return propose(predicting(predictor), space, ratio, k, a.budget, a.seed + 1000 * rnd, known)
 
-    known = {f"{float(r.ratio):.6f}|{Sample.from_row(r).policy}" for r in dataset.itertuples(index=False)}
+    known = {proposal_key(float(r.ratio), Sample.from_row(r).policy) for r in dataset.itertuples(index=False)}
     return active_learning(first, list(wb.params.agent.static), a.rounds, a.k, propose_with, evaluate, refit,
                            progress, known)
 
