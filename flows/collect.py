@@ -65,9 +65,12 @@ def samples_of(root: Path, params: Params) -> list[C.Sample]:
     """The training samples (the paper grid, with the extended parts ``collect.space`` draws) and the
     within-ratio test set (``collect.within``), in one sorted list."""
     c, m = params.collect, params.pruning.max_layer_ratio
-    shape = Workbench(root, params).shape  # the config only: no weights loaded
-    train = C.sample_space(C.policy_grid(c.ratios, c.a_etas, tuple(c.methods)), c.n_samples, c.seed, c.space, shape, m)
-    return sorted(train + C.within_ratio_samples(c, shape, m))
+    wb = Workbench(root, params)
+    shape = wb.shape  # the config only: no weights loaded
+    order = wb.stored_block_order() if c.space.fraction > 0 and "blocks" in c.space.orders else None
+    train = C.sample_space(C.policy_grid(c.ratios, c.a_etas, tuple(c.methods)), c.n_samples, c.seed, c.space, shape, m,
+                           order)
+    return sorted(train + C.within_ratio_samples(c, shape, m, order))
 
 
 def write_dataset(root: Path, rows: list[dict]) -> pd.DataFrame:

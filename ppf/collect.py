@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -98,28 +99,37 @@ def sample_policies(grid: list[Sample], n: int | None, seed: int) -> list[Sample
     return sorted(random.Random(seed).sample(sorted(grid), n))
 
 
-def draw_parts(rng: random.Random, space: Any, ratio: float, shape: DenseShape, max_layer_ratio: float = 0.9) -> str:
+def draw_parts(rng: random.Random, space: Any, ratio: float, shape: DenseShape, max_layer_ratio: float = 0.9,
+               block_order: Sequence[Sequence[Any]] | None = None) -> str:
     """The extended parts of one sample, drawn from ``space`` (:class:`ppf.config.SpaceParams`): a
-    normalisation, protected edge layers, whole layers removed (at most what ``ratio`` allows, and
-    leaving a layer to prune) and an attention share, made :func:`~ppf.policy.feasible` at ``ratio``;
-    "" when every part is the paper's."""
+    normalisation, protected edge layers, a depth order and the blocks it removes (whole layers by
+    Block Influence, at most what ``ratio`` allows and leaving a layer to prune; or attention / MLP
+    blocks of BlockPruner's stored ``block_order``) and an attention share, made
+    :func:`~ppf.policy.feasible` at ``ratio``; "" when every part is the paper's."""
     n_layers = shape.n_layers
     norm = rng.choice(list(space.norms))
     first, last = rng.randint(0, space.keep), rng.randint(0, space.keep)
     while first + last >= n_layers:
         first, last = first // 2, last // 2
-    room = min(int(ratio * n_layers + 1e-9), n_layers - first - last - 1)
-    depth = rng.randint(0, max(0, min(space.depth, room)))
+    order = rng.choice(list(space.orders)) if len(space.orders) > 1 else space.orders[0]
+    if order == "blocks" and block_order is None:
+        raise PPFError("collect.space.orders has blocks but no BlockPruner block order is stored for this model; run "
+                       "`dvc repro importance` (benchmark.blockpruner.order_ratio > 0) or drop blocks")
+    if order == "layers":
+        room = min(int(ratio * n_layers + 1e-9), n_layers - first - last - 1)
+        depth = rng.randint(0, max(0, min(space.depth, room)))
+    else:
+        depth = rng.randint(0, space.block_depth)  # feasible() trims it to the ratio and the stored order
     split = None if space.split is None else round(rng.uniform(*space.split), 3)
     if space.groups > 0 and rng.random() < space.groups:
         split = "groups"
-    parts = feasible(Policy("lod", 0.1, norm=norm, first=first, last=last, depth=depth, split=split), ratio, shape,
-                     max_layer_ratio)
+    parts = feasible(Policy("lod", 0.1, norm=norm, first=first, last=last, depth=depth, order=order, split=split),
+                     ratio, shape, max_layer_ratio, block_order=block_order)
     return str(parts)[len("lod:0.1"):]
 
 
 def sample_space(grid: list[Sample], n: int | None, seed: int, space: Any, shape: DenseShape,
-                 max_layer_ratio: float = 0.9) -> list[Sample]:
+                 max_layer_ratio: float = 0.9, block_order: Sequence[Sequence[Any]] | None = None) -> list[Sample]:
     """:func:`sample_policies`, then each chosen point draws the extended parts with probability
     ``space.fraction`` (seeded; ``fraction: 0`` leaves the paper's samples exactly as they were)."""
     chosen = sample_policies(grid, n, seed)
@@ -129,12 +139,13 @@ def sample_space(grid: list[Sample], n: int | None, seed: int, space: Any, shape
     out = []
     for s in chosen:
         extended = rng.random() < space.fraction
-        parts = draw_parts(rng, space, s.ratio, shape, max_layer_ratio) if extended else ""
+        parts = draw_parts(rng, space, s.ratio, shape, max_layer_ratio, block_order) if extended else ""
         out.append(Sample(s.method, s.a_eta, s.ratio, parts))
     return sorted(set(out))
 
 
-def within_ratio_samples(c: Any, shape: DenseShape, max_layer_ratio: float = 0.9) -> list[Sample]:
+def within_ratio_samples(c: Any, shape: DenseShape, max_layer_ratio: float = 0.9,
+                         block_order: Sequence[Sequence[Any]] | None = None) -> list[Sample]:
     """The within-ratio test set of ``c`` (:class:`ppf.config.CollectParams`): at each of
     ``c.within.ratios``, ``c.within.n`` distinct policies of the collection's space (a method, an
     a_eta of the grid, and — with probability ``space.fraction`` — extended parts), never trained on."""
@@ -146,7 +157,8 @@ def within_ratio_samples(c: Any, shape: DenseShape, max_layer_ratio: float = 0.9
         for _ in range(100 * c.within.n):
             if len(seen) == c.within.n:
                 break
-            parts = draw_parts(rng, c.space, r, shape, max_layer_ratio) if rng.random() < c.space.fraction else ""
+            parts = (draw_parts(rng, c.space, r, shape, max_layer_ratio, block_order)
+                     if rng.random() < c.space.fraction else "")
             seen.add(Sample(rng.choice(list(c.methods)), rng.choice(etas), round(float(r), 6), parts, True))
         if len(seen) < c.within.n:
             raise PPFError(f"the policy space holds fewer than {c.within.n} distinct policies at ratio {r}; "

@@ -129,11 +129,20 @@ class SpaceParams(Section):
                                                "uniformly from this range (None: attention at the layer's ratio)")
     groups: float = Field(0.0, ge=0, le=1, description="share of the extended draws that take LLM-Pruner's "
                           "rule instead (split=groups: whole KV groups at one unit ratio)")
+    orders: list[Literal["layers", "blocks"]] = Field(["layers"], min_length=1, description="depth orders drawn from: "
+                                                      "layers (Block Influence, 0..depth whole layers) and/or blocks "
+                                                      "(BlockPruner's stored order, 0..block_depth attention / MLP blocks)")
+    block_depth: int = Field(0, ge=0, description="attention / MLP blocks removed in BlockPruner's order, drawn from "
+                             "0..block_depth (never more than the ratio or the stored order allows)")
 
     @model_validator(mode="after")
     def _split_range(self) -> "SpaceParams":
         if self.split is not None and not (0.0 <= self.split[0] <= self.split[1] <= 1.0):
             raise ValueError(f"split range {list(self.split)} must satisfy 0 <= lo <= hi <= 1")
+        if len(set(self.orders)) != len(self.orders):
+            raise ValueError(f"orders {self.orders} names an order twice; list each once")
+        if "blocks" in self.orders and self.block_depth == 0:
+            raise ValueError("orders has blocks but block_depth is 0; set block_depth (e.g. 12) or drop blocks")
         return self
 
 
@@ -398,6 +407,14 @@ class Params(Section):
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     deploy: DeployParams = Field(default_factory=DeployParams)
+
+    @model_validator(mode="after")
+    def _blocks_order_is_stored(self) -> "Params":
+        space = self.collect.space
+        if space.fraction > 0 and "blocks" in space.orders and self.benchmark.blockpruner.order_ratio <= 0:
+            raise ValueError("collect.space.orders has blocks but benchmark.blockpruner.order_ratio is 0, so no block "
+                             "order is stored to draw from; set order_ratio (e.g. 0.52) or drop blocks")
+        return self
 
     @model_validator(mode="after")
     def _compensation_fits_calibration(self) -> "Params":

@@ -443,9 +443,7 @@ def keep_masks(policy: Policy | str, target: float, H: Sequence[float] | None,
     if policy.first + policy.last >= n:
         raise PPFError(f"keep={policy.first}:{policy.last} protects {policy.first + policy.last} layers of {n}, "
                        f"leaving none to prune; keep fewer than {n} edge layers")
-    protected = np.zeros(n, dtype=bool)
-    protected[: policy.first] = True
-    protected[n - policy.last:] = True
+    protected = _protected(policy, n)
     attn_gone, mlp_gone = removed_by_depth(policy, shape, protected, bi, block_order)
     ranks = UnitRanks.of(units, shape)
     rounder = _Rounder.of(shape)
@@ -516,31 +514,101 @@ def keep_masks(policy: Policy | str, target: float, H: Sequence[float] | None,
     return head_keep, kv_keep, channel_keep, meta
 
 
-def reach(policy: Policy, shape: DenseShape, max_layer_ratio: float = 0.9) -> float:
-    """The largest block ratio ``policy`` can reach on a model of ``shape``: its removed whole layers
-    gone, its protected layers dense, every other layer at ``max_layer_ratio`` (after rounding, with
-    the policy's attention share). Which layers depth removes does not matter: dense layers are alike."""
+def _protected(policy: Policy, n: int) -> np.ndarray:
+    protected = np.zeros(n, dtype=bool)
+    protected[: policy.first] = True
+    protected[n - policy.last:] = True
+    return protected
+
+
+def depth_room(policy: Policy, shape: DenseShape, block_order: Sequence[Sequence[Any]] | None = None) -> int:
+    """The most ``depth`` can be for ``policy``'s protection and order without removing every layer:
+    the unprotected layers less one (``layers``), or the stored BlockPruner steps outside the
+    protected layers (``blocks``; unbounded without a stored order — planning then says it is missing)."""
     n = shape.n_layers
     free = max(0, n - policy.first - policy.last)
-    removed = min(policy.depth, max(0, free - 1)) if policy.order == "layers" else 0
-    kept = _Rounder.of(shape)(np.full(max(0, free - removed), float(max_layer_ratio)), policy.split)[2].sum()
-    kept += shape.dense_layer_params * (n - free)
+    if policy.order == "layers":
+        return max(0, free - 1)
+    if block_order is None:
+        return policy.depth
+    protected = _protected(policy, n)
+    steps = [(str(k), int(i)) for k, i in block_order if not protected[int(i)]]
+    attn: set[int] = set()
+    mlp: set[int] = set()
+    for d, (k, i) in enumerate(steps):
+        (attn if k == "attention" else mlp).add(i)
+        if len(attn & mlp) == free:  # this step would leave no layer at all
+            return d
+    return len(steps)
+
+
+def reach(policy: Policy, shape: DenseShape, max_layer_ratio: float = 0.9,
+          block_order: Sequence[Sequence[Any]] | None = None) -> float:
+    """The largest block ratio ``policy`` can reach on a model of ``shape``: its depth's blocks gone,
+    its protected layers dense, every other layer at ``max_layer_ratio`` (after rounding, with the
+    policy's attention share). For ``order=layers`` which layers go does not matter (dense layers are
+    alike); for ``order=blocks`` the stored ``block_order`` says which attention / MLP blocks go (without
+    it, depth is left out: the reach of the width pruning alone)."""
+    n = shape.n_layers
+    protected = _protected(policy, n)
+    free = int((~protected).sum())
+    if policy.order == "layers" or block_order is None:
+        removed = min(policy.depth, max(0, free - 1)) if policy.order == "layers" else 0
+        kept = _Rounder.of(shape)(np.full(max(0, free - removed), float(max_layer_ratio)), policy.split)[2].sum()
+        kept += shape.dense_layer_params * (n - free)
+        return 1.0 - float(kept) / float(shape.dense_layer_params * n)
+    p = replace(policy, depth=min(policy.depth, depth_room(policy, shape, block_order)))
+    attn, mlp = removed_by_depth(p, shape, protected, None, block_order)
+    touched = attn | mlp
+    width = [i for i in range(n) if not protected[i] and i not in touched]
+    kept = _Rounder.of(shape)(np.full(len(width), float(max_layer_ratio)), policy.split)[2].sum()
+    kept += shape.dense_layer_params * int(protected.sum())
+    kept += sum(shape.layer_params(0 if i in attn else shape.n_heads, 0 if i in attn else shape.n_kv_heads,
+                                   0 if i in mlp else shape.intermediate) for i in touched)
     return 1.0 - float(kept) / float(shape.dense_layer_params * n)
 
 
-def feasible(policy: Policy, ratio: float, shape: DenseShape, max_layer_ratio: float = 0.9,
-             margin: float = 0.01) -> Policy:
-    """``policy`` made able to reach ``ratio`` by giving up what stands in the way, in this order: whole
-    layers beyond what ``ratio`` holds, protected layers (the larger side first), then the attention
-    share (back to the paper's: attention at the layer's ratio). The agent's relaxed actions and the
-    collection's draws go through it, so every policy they produce plans; an explicit policy is
-    planned as given (and refused with a clear error if it cannot)."""
+def depth_ratio(policy: Policy, shape: DenseShape, block_order: Sequence[Sequence[Any]] | None = None) -> float:
+    """The block ratio ``policy``'s depth part removes on its own (``order=blocks`` needs the stored
+    ``block_order``; without it 0). Whole layers are alike, so ``layers`` needs no scores."""
     n = shape.n_layers
-    depth = min(policy.depth, int(ratio * n + 1e-9)) if policy.order == "layers" else policy.depth
-    p = replace(policy, depth=depth) if depth != policy.depth else policy
-    while reach(p, shape, max_layer_ratio) < ratio + margin:
+    if policy.depth == 0:
+        return 0.0
+    if policy.order == "layers":
+        return min(policy.depth, depth_room(policy, shape)) / n
+    if block_order is None:
+        return 0.0
+    p = replace(policy, depth=min(policy.depth, depth_room(policy, shape, block_order)))
+    attn, mlp = removed_by_depth(p, shape, _protected(policy, n), None, block_order)
+    kept = sum(shape.layer_params(0 if i in attn else shape.n_heads, 0 if i in attn else shape.n_kv_heads,
+                                  0 if i in mlp else shape.intermediate) for i in attn | mlp)
+    return float(shape.dense_layer_params * len(attn | mlp) - kept) / float(shape.dense_layer_params * n)
+
+
+def feasible(policy: Policy, ratio: float, shape: DenseShape, max_layer_ratio: float = 0.9,
+             margin: float = 0.01, block_order: Sequence[Sequence[Any]] | None = None) -> Policy:
+    """``policy`` made able to reach ``ratio`` by giving up what stands in the way, in this order: depth
+    beyond what ``ratio`` holds (whole layers; for ``order=blocks`` the blocks of the stored
+    ``block_order`` past ``ratio`` less ``margin`` or past the stored steps), protected layers (the
+    larger side first), then the attention share (back to the paper's: attention at the layer's
+    ratio). The agent's relaxed actions and the collection's draws go through it, so every policy
+    they produce plans; an explicit policy is planned as given (and refused with a clear error if it cannot)."""
+    n = shape.n_layers
+    p = policy
+
+    def shallow(p: Policy) -> Policy:
+        if p.order == "layers":
+            d = min(p.depth, int(ratio * n + 1e-9))
+        else:
+            d = min(p.depth, depth_room(p, shape, block_order))
+            while d > 0 and depth_ratio(replace(p, depth=d), shape, block_order) > ratio - margin:
+                d -= 1
+        return replace(p, depth=d) if d != p.depth else p
+
+    p = shallow(p)
+    while reach(p, shape, max_layer_ratio, block_order) < ratio + margin:
         if p.first or p.last:
-            p = replace(p, first=p.first - 1) if p.first >= p.last else replace(p, last=p.last - 1)
+            p = shallow(replace(p, first=p.first - 1) if p.first >= p.last else replace(p, last=p.last - 1))
         elif p.split is not None:
             p = replace(p, split=None)
         else:

@@ -126,10 +126,13 @@ class Workbench:
         """The planner over ``imp``, with BlockPruner's order where one is stored (any length: a
         policy's ``order=blocks`` takes its first ``depth`` blocks, and says so when it is too short)."""
         pp = self.params.pruning
-        steps = self.block_steps(None)
-        order = None if steps is None else as_order(steps)
         return Planner(str(self.name), self.shape, dict(imp.layer), UnitRanks.of(imp.units, self.shape),
-                       pp.max_layer_ratio, pp.tolerance, order)
+                       pp.max_layer_ratio, pp.tolerance, self.stored_block_order())
+
+    def stored_block_order(self) -> tuple[tuple[str, int], ...] | None:
+        """BlockPruner's whole stored order as ``((kind, layer), ...)`` (no search; None when none is stored)."""
+        steps = self.block_steps(None)
+        return None if steps is None else as_order(steps)
 
     @cached_property
     def agents(self) -> Any:

@@ -44,8 +44,9 @@ class ActionSpace:
     """Which parts of the extended policy the agent's action sets (the space collection sampled,
     ``collect.space``): the paper's 4 numbers, then one per part that is on — the normalisation
     (``> 0``: the second of ``norms``), protected first and last layers (0..keep each), whole
-    layers removed (0..depth, never more than the ratio allows) and the attention share (over the
-    ``split`` range). The discrete parts are relaxed like the method choice: rounded; at a ratio the
+    layers removed (0..depth, never more than the ratio allows) — or, with two ``orders``, one more
+    coordinate picking the order, ``blocks`` removing 0..block_depth blocks of the stored BlockPruner
+    ``block_order`` — and the attention share (over the ``split`` range). The discrete parts are relaxed like the method choice: rounded; at a ratio the
     decoded policy is made :func:`~ppf.policy.feasible` for the model's ``shape``, so every action plans."""
 
     shape: DenseShape | None = None
@@ -55,35 +56,52 @@ class ActionSpace:
     split: tuple[float, float] | None = None
     max_layer_ratio: float = 0.9
     groups: bool = False  # one more coordinate: > 0 takes LLM-Pruner's split=groups
+    orders: tuple[str, ...] = ("layers",)  # depth orders; two: one more coordinate, > 0 takes the second
+    block_depth: int = 0  # the most blocks order=blocks removes (0..block_depth)
+    block_order: tuple[tuple[str, int], ...] | None = None  # BlockPruner's stored order, for order=blocks
 
     @property
     def n_layers(self) -> int:
         return self.shape.n_layers if self.shape is not None else 0
 
     @classmethod
-    def of(cls, space: Any, shape: DenseShape, max_layer_ratio: float = 0.9) -> "ActionSpace":
-        """From ``collect.space`` (its ``fraction: 0`` is the paper's space)."""
+    def of(cls, space: Any, shape: DenseShape, max_layer_ratio: float = 0.9,
+           block_order: tuple[tuple[str, int], ...] | None = None) -> "ActionSpace":
+        """From ``collect.space`` (its ``fraction: 0`` is the paper's space); ``block_order`` is
+        BlockPruner's stored order, needed when ``space.orders`` has ``blocks``."""
         if space is None or space.fraction <= 0:
             return cls(shape, max_layer_ratio=max_layer_ratio)
+        orders = tuple(space.orders)
+        if "blocks" in orders and block_order is None:
+            raise PPFError("collect.space.orders has blocks but no BlockPruner block order is stored for this model; "
+                           "run `dvc repro importance` (benchmark.blockpruner.order_ratio > 0) or drop blocks")
         return cls(shape, tuple(space.norms), space.keep, space.depth,
                    None if space.split is None else (float(space.split[0]), float(space.split[1])), max_layer_ratio,
-                   space.groups > 0)
+                   space.groups > 0, orders, space.block_depth if "blocks" in orders else 0,
+                   tuple(block_order) if "blocks" in orders else None)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ActionSpace":
         if not d:
             return cls()
+        order = d.get("block_order")
         return cls(DenseShape(**d["shape"]) if d.get("shape") else None, tuple(d["norms"]), int(d["keep"]),
                    int(d["depth"]), None if d.get("split") is None else tuple(d["split"]), float(d["max_layer_ratio"]),
-                   bool(d.get("groups", False)))
+                   bool(d.get("groups", False)), tuple(d.get("orders", ("layers",))), int(d.get("block_depth", 0)),
+                   None if order is None else tuple((str(k), int(i)) for k, i in order))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
     def dim(self) -> int:
-        return ACTION_DIM + (len(self.norms) > 1) + 2 * (self.keep > 0) + (self.depth > 0) + (self.split is not None) \
-            + self.groups
+        return ACTION_DIM + (len(self.norms) > 1) + 2 * (self.keep > 0) + self._deep + (len(self.orders) > 1) \
+            + (self.split is not None) + self.groups
+
+    @property
+    def _deep(self) -> bool:
+        """Whether the action has a depth coordinate (some order may remove blocks)."""
+        return self.depth > 0 if self.orders == ("layers",) else (self.depth > 0 or self.block_depth > 0)
 
     def decode(self, action: np.ndarray, ratio: float | None = None) -> Policy:
         a = np.clip(np.asarray(action, dtype=np.float64).ravel(), -1.0, 1.0)
@@ -102,11 +120,19 @@ class ActionSpace:
                 first, last = first // 2, last // 2
             kw |= {"first": first, "last": last}
             i += 2
-        if self.depth > 0:
-            room = self.n_layers - first - last - 1
-            if ratio is not None:
-                room = min(room, int(ratio * self.n_layers + 1e-9))
-            kw["depth"] = max(0, min(int(round(_unit(a[i]) * self.depth)), room))
+        order = self.orders[0]
+        if len(self.orders) > 1:
+            order = self.orders[1] if a[i] > 0 else self.orders[0]
+            i += 1
+        if self._deep:
+            if order == "layers":
+                room = self.n_layers - first - last - 1
+                if ratio is not None:
+                    room = min(room, int(ratio * self.n_layers + 1e-9))
+                kw["depth"] = max(0, min(int(round(_unit(a[i]) * self.depth)), room))
+            else:  # feasible() trims it to the ratio and the stored order
+                kw["depth"] = int(round(_unit(a[i]) * self.block_depth))
+            kw["order"] = order
             i += 1
         if self.split is not None:
             lo, hi = self.split
@@ -116,7 +142,7 @@ class ActionSpace:
             kw["split"] = "groups"
         policy = Policy(AGENT_METHODS[int(np.argmax(a[:3]))], round(a_eta, 6), **kw)
         if ratio is not None and self.shape is not None and not policy.is_paper:
-            policy = feasible(policy, ratio, self.shape, self.max_layer_ratio)
+            policy = feasible(policy, ratio, self.shape, self.max_layer_ratio, block_order=self.block_order)
         return policy
 
     def encode(self, policy: Policy) -> np.ndarray:
@@ -132,8 +158,12 @@ class ActionSpace:
         if self.keep > 0:
             a[i], a[i + 1] = 2.0 * policy.first / self.keep - 1.0, 2.0 * policy.last / self.keep - 1.0
             i += 2
-        if self.depth > 0:
-            a[i] = 2.0 * policy.depth / self.depth - 1.0
+        if len(self.orders) > 1:
+            a[i] = 1.0 if policy.depth and policy.order == self.orders[1] else -1.0
+            i += 1
+        if self._deep:
+            most = self.depth if policy.order == "layers" else self.block_depth
+            a[i] = 2.0 * policy.depth / most - 1.0 if most else -1.0
             i += 1
         if self.split is not None:
             lo, hi = self.split

@@ -58,7 +58,9 @@ def selection_ratios(alpha: float, beta: float, n: int = 9) -> list[float]:
 
 def action_space(wb: Workbench) -> ActionSpace:
     """The agent searches the space collection sampled (``collect.space``; the paper's when it is off)."""
-    return ActionSpace.of(wb.params.collect.space, wb.shape, wb.params.pruning.max_layer_ratio)
+    space = wb.params.collect.space
+    order = wb.stored_block_order() if space.fraction > 0 and "blocks" in space.orders else None
+    return ActionSpace.of(space, wb.shape, wb.params.pruning.max_layer_ratio, order)
 
 
 def mean_predicted_ppr(actor: Any, predictor: Any, alpha: float, beta: float, space: ActionSpace = PAPER_SPACE) -> float:

@@ -64,6 +64,16 @@ def test_repro_runs_every_stage_of_the_tiny_profile(project):
     imp = json.loads((root / "metrics" / "importance.json").read_text())
     assert imp["block_order"] and "block_order_s" in imp["seconds"]
     assert len(list((root / "data" / "importance").glob("*-blockorder-*.json"))) == 1
+    # the tiny profile's space has both depth orders: the dataset holds policies that remove blocks in
+    # that stored order, and the agent's action has the order's coordinate
+    import pandas as pd
+
+    parts = pd.read_parquet(root / "data" / "masks" / "samples.parquet")["parts"]
+    assert parts.str.contains("order=blocks").any() and parts.str.contains("order=layers").any(), list(parts)
+    from ppf.agent.store import Agents
+
+    space = Agents.load(root / "models" / "agent").space
+    assert space.orders == ("layers", "blocks") and space.block_order and space.block_depth == 2
 
 
 def test_a_second_repro_is_a_no_op(project):

@@ -258,6 +258,74 @@ def test_the_agents_action_covers_the_space_and_round_trips():
     assert reach(tight, shape) >= 0.7 and (tight.first, tight.last) < (4, 4)
 
 
+def _smol_block_order():
+    """A BlockPruner-like order for SmolLM2's shape: attention blocks of the middle first, then MLPs,
+    then whole layers' worth mixed (up to about half the block parameters)."""
+    order = [("attention", i) for i in (14, 15, 13, 16, 12, 17, 11, 18, 10, 19)]
+    order += [("mlp", i) for i in (15, 14, 16, 13, 17, 12)]
+    order += [(k, i) for i in (20, 9, 21, 8, 22, 7) for k in ("attention", "mlp")]
+    return tuple(order)
+
+
+def test_the_blocks_order_is_a_dimension_of_collection_and_of_the_action():
+    from ppf.agent.env import ActionSpace
+    from ppf.collect import Sample, policy_grid, sample_space
+    from ppf.config import SpaceParams
+    from ppf.policy import depth_ratio, keep_masks, plan_for
+
+    shape, order = DenseShape(30, 576, 9, 3, 64, 1536), _smol_block_order()
+    H = np.linspace(0.0, 1.0, 30)
+    grid = policy_grid((0.1, 0.7, 0.025), (0.0, 0.5, 0.05), ("lod", "esd", "bi"))
+    layers_only = SpaceParams(fraction=0.6, keep=4, depth=6, split=(0.0, 0.5))
+    both = SpaceParams(fraction=0.6, keep=4, depth=6, split=(0.0, 0.5), orders=["layers", "blocks"], block_depth=20)
+    # one order: the draws are exactly those of before the order was a dimension
+    assert sample_space(grid, 100, 0, layers_only, shape) == sample_space(grid, 100, 0, layers_only, shape, 0.9, order)
+    with pytest.raises(PPFError, match="no BlockPruner block order"):
+        sample_space(grid, 100, 0, both, shape)
+    drawn = sample_space(grid, 100, 0, both, shape, 0.9, order)
+    assert drawn == sample_space(grid, 100, 0, both, shape, 0.9, order)
+    blocks = [s for s in drawn if s.policy.order == "blocks"]
+    assert len(blocks) >= 10 and any(s.policy.order == "layers" and s.policy.depth for s in drawn)
+    for s in blocks:
+        p = s.policy
+        assert 0 < p.depth <= 20 and depth_ratio(p, shape, order) <= s.ratio
+        assert reach(p, shape, 0.9, order) >= s.ratio and Sample.of(p, s.ratio) == s
+        plan = plan_for(p, s.ratio, H, None, shape, bi=H, block_order=order)
+        assert abs(plan.block_ratio - s.ratio) <= 0.005  # the ACTUAL ratio, as for every policy
+        removed = plan.meta["removed"]
+        for kind in ("attention", "mlp"):  # the order's first depth blocks (none of them is an edge layer)
+            assert set(removed[kind]) == {i for k, i in order[: p.depth] if k == kind}
+        assert all(not plan.layers[i].heads for i in removed["attention"])
+        assert all(not plan.layers[i].channels for i in removed["mlp"])
+    # the action: one coordinate picks the order, the depth coordinate reads blocks for order=blocks
+    with pytest.raises(PPFError, match="no BlockPruner block order"):
+        ActionSpace.of(both, shape)
+    space = ActionSpace.of(both, shape, 0.9, order)
+    assert space.dim == ActionSpace.of(layers_only, shape).dim + 1
+    assert ActionSpace.from_dict(space.to_dict()) == space
+    pol = Policy("lod", 0.2, first=1, last=1, depth=10, order="blocks", split=0.25)
+    assert space.decode(space.encode(pol), 0.4) == pol
+    assert space.decode(space.encode(pol), 0.05).depth == 4  # 10 attention blocks are 8.3 %: 4 fit in 0.05 - margin
+    rng = np.random.default_rng(0)
+    for r in (0.1, 0.3, 0.5):
+        for _ in range(30):
+            p = space.decode(rng.uniform(-1, 1, space.dim), r)
+            assert reach(p, shape, 0.9, order) >= r and depth_ratio(p, shape, order) <= r
+            keep_masks(p, r, H, None, shape, bi=H, block_order=order)  # every action plans
+
+
+@pytest.mark.parametrize("space, bench_order, match", [
+    ({"orders": ["layers", "blocks"]}, 0.52, "block_depth is 0"),
+    ({"orders": ["blocks", "blocks"], "block_depth": 4}, 0.52, "names an order twice"),
+    ({"orders": ["blocks"], "block_depth": 4}, 0.0, "order_ratio is 0"),
+    ({"orders": ["depth"], "block_depth": 4}, 0.52, "orders"),
+])
+def test_a_blocks_order_without_its_settings_is_one_clear_error(space, bench_order, match):
+    with pytest.raises(PPFError, match=match):
+        parse_params({"collect": {"space": {"fraction": 0.5, **space}},
+                      "benchmark": {"blockpruner": {"order_ratio": bench_order}}})
+
+
 def test_within_ratio_spearman_ranks_inside_each_ratio_only():
     from ppf.predictor.recipe import by_ratio
 
