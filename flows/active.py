@@ -6,7 +6,7 @@ the dataset or of an earlier round); they are pruned and measured for real (as i
 JS on the held-out tokens), added to the training rows (never to the held-out ones), and the
 predictor is refit. The original collection stays as it was.
 
-Outputs: data/active/rows.parquet (the evaluated rows, with the round, the predicted JS and the
+Outputs: data/active/rows.parquet (the evaluated rows, with the round, the predicted signal and the
 proposing ratio), models/predictor_active (the predictor refit on dataset + every active row),
 plots/active/{curve.csv, curve.png} and metrics/active.json (per round, keyed ``round_<n>``: the
 predictor's error ON ITS PROPOSALS and the best true PPR found so far; the refit predictors'
@@ -95,7 +95,8 @@ def active_flow(params_path: str = "params.yaml", root: str | None = None) -> di
     df = _write(root, rows, curve, refits[-1], meta)
     scores = [{"rows": r["rows"], **{k: r["held_out"].get(k) for k in ("mae", "spearman", "spearman_within_ratio")}}
               for r in refits]
-    metrics = A.summary(curve, scores, first.meta["held_out"], df, list(params.agent.static))
+    metrics = A.summary(curve, scores, first.meta["held_out"], df, list(params.agent.static),
+                        params.predictor.signal)
     return finish(root, params, "active", metrics, {"active": params.active.model_dump(), "context": context})
 
 

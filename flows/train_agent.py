@@ -113,7 +113,7 @@ def train_agent_flow(params_path: str = "params.yaml", root: str | None = None) 
     rows += searched
     context = _context(root, params)
     rows = [row | judge(row, context, a.validation.ppl_windows, str(root), params) for row in rows]
-    table = V.table(rows)
+    table = V.table(rows, predictor.signal)
     metrics = _latency(agents, predictor, ratios) | {"train_s": train_s} | V.summarise(table, params, search_stats)
     start = time.perf_counter()
     choices, stages = V.choose(rows, a.validation.ppl_windows, list(zip(a.choice.windows, a.choice.survivors)),
@@ -129,7 +129,7 @@ def train_agent_flow(params_path: str = "params.yaml", root: str | None = None) 
 
 def _candidate(row: dict) -> dict:
     """A judged row as it was before judging (the re-measuring task's cache key)."""
-    return {k: row[k] for k in ("ratio", "contender", "policy", "predicted_js", "predicted_ppr", "setting", "_policy")}
+    return {k: row[k] for k in ("ratio", "contender", "policy", "predicted", "predicted_ppr", "setting", "_policy")}
 
 
 def _save(root: Path, params: Params, trained: dict, predictor_hash: str) -> Path:
@@ -146,7 +146,7 @@ def _save(root: Path, params: Params, trained: dict, predictor_hash: str) -> Pat
 
 
 def _latency(agents: Agents, predictor: Predictor, ratios: list[float]) -> dict:
-    """The decision alone, and the whole answer of `ppf policy` (decision + plan + predicted JS)."""
+    """The decision alone, and the whole answer of `ppf policy` (decision + plan + predicted signal)."""
     return {"policy_latency_ms": 1e3 * float(np.mean([timed(lambda r=r: agents.decide(r), 20) for r in ratios])),
             "policy_answer_ms": 1e3 * float(np.mean([timed(lambda r=r: predictor.predict(agents.decide(r)["policy"], r), 20)
                                                       for r in ratios]))}
@@ -166,7 +166,7 @@ def _track(root: Path, params: Params, trained: dict, metrics: dict, agent_file:
     score = R.predictor_scorer(predictor)
 
     def mean_ppr(agents: Agents) -> float:
-        return float(np.mean([(lambda js, act: js / act)(*score(agents.decide(r)["policy"], r)) for r in ratios]))
+        return float(np.mean([(lambda value, act: value / act)(*score(agents.decide(r)["policy"], r)) for r in ratios]))
 
     def rescore(file: Path) -> float:
         champion = Agents.load(file)

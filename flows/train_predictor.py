@@ -50,7 +50,7 @@ def train_predictor_flow(params_path: str = "params.yaml", root: str | None = No
     result = train(str(root), data.digest, pp.model_dump(), params)
     net = recipe.network(result["config"], result["state"])
     held_out = result["held_out"]
-    meta = {"model": data.planner.model, "input": pp.input, "image_shape": list(image_shape(data.planner.shape, pp.input)),
+    meta = {"model": data.planner.model, "input": pp.input, "signal": data.signal, "image_shape": list(image_shape(data.planner.shape, pp.input)),
             "dataset": data.digest, "pruning": params.pruning.model_dump(), "held_out": held_out,
             "split": pp.split, "test_fraction": pp.test_fraction, "seed": pp.seed}
     table = recipe.heldout_table(data, np.asarray(result["pred"], dtype=np.float32))
@@ -72,7 +72,8 @@ def _track(root: Path, params: Params, history: list[float], metrics: dict, path
         for key in ("scatter", "heldout", "loss"):
             tracking.log_artifact(paths[key], "plots")
         return recipe.register(params, paths["predictor"], data, held_out,
-                               {"dataset": data.digest, "model": data.planner.model, "input": pp.input})
+                               {"dataset": data.digest, "model": data.planner.model, "input": pp.input,
+                                "signal": data.signal})
 
 
 if __name__ == "__main__":

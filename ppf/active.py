@@ -38,12 +38,12 @@ def proposal_key(ratio: float, policy: Policy) -> str:
 class Proposal:
     ratio: float
     policy: Policy
-    predicted_js: float
+    predicted: float  # the predictor's signal (JS by default)
     actual_ratio: float
 
     @property
     def predicted_ppr(self) -> float:
-        return self.predicted_js / self.actual_ratio
+        return self.predicted / self.actual_ratio
 
     @property
     def key(self) -> str:
@@ -52,8 +52,8 @@ class Proposal:
 
 def propose(predict: Callable[[Policy, float], tuple[float, float]], space: Any, ratio: float, k: int,
             budget: int, seed: int, known: Iterable[str] = (), sigma0: float = 0.5) -> list[Proposal]:
-    """The ``k`` best policies at ``ratio`` by predicted PPR (``predict(policy, ratio) -> (js,
-    actual ratio)``) after ``budget`` calls of a seeded CMA-ES over ``space``'s actions in
+    """The ``k`` best policies at ``ratio`` by predicted PPR (``predict(policy, ratio) -> (predicted
+    signal, actual ratio)``) after ``budget`` calls of a seeded CMA-ES over ``space``'s actions in
     [−1, 1]^dim, leaving out the ``known`` keys (:attr:`Proposal.key`)."""
     import cma
 
@@ -65,10 +65,10 @@ def propose(predict: Callable[[Policy, float], tuple[float, float]], space: Any,
         key = proposal_key(ratio, policy)
         if key not in seen:
             try:
-                js, actual = predict(policy, ratio)
+                score, actual = predict(policy, ratio)
             except PPFError:  # a policy no plan meets within the tolerance: the worst fitness
                 return 10.0
-            seen[key] = Proposal(ratio, policy, float(js), float(actual))
+            seen[key] = Proposal(ratio, policy, float(score), float(actual))
         return seen[key].predicted_ppr
 
     es = cma.CMAEvolutionStrategy(np.zeros(space.dim), sigma0,
@@ -84,14 +84,14 @@ def active_learning(predictor: Any, ratios: list[float], rounds: int, k: int,
                     propose_with: Callable[[Any, float, int, set[str], int], list[Proposal]],
                     evaluate: Callable[[Proposal], dict[str, Any]],
                     refit: Callable[[list[dict[str, Any]]], Any],
-                    progress: Callable[[str], None] = lambda msg: None, known: Iterable[str] = ()
-                    ) -> tuple[Any, list[dict], list[dict]]:
+                    progress: Callable[[str], None] = lambda msg: None, known: Iterable[str] = (),
+                    signal: str = "js") -> tuple[Any, list[dict], list[dict]]:
     """``rounds`` rounds of propose → evaluate → refit; returns (the predictor refit on every row, the rows,
     the curve: per round the predictor's mean absolute error on ITS proposals, their best true PPR
     and the best true PPR found so far, per ratio and over all).
 
     ``propose_with(predictor, ratio, k, known, round)`` gives proposals; ``evaluate(proposal)`` a
-    row with at least ``js`` and ``actual_ratio`` (true); ``refit(all rows so far)`` the next predictor.
+    row with at least ``signal`` (the predictor's: js, kl or nll) and ``actual_ratio`` (true); ``refit(all rows so far)`` the next predictor.
     ``known``: keys (:attr:`Proposal.key`) never to propose, e.g. the dataset's own rows.
     """
     if rounds < 1 or k < 1:
@@ -105,15 +105,15 @@ def active_learning(predictor: Any, ratios: list[float], rounds: int, k: int,
         for r in ratios:
             for p in propose_with(predictor, r, k, known, rnd):
                 row = evaluate(p) | {"round": rnd, "target": r, "policy_text": str(p.policy),
-                                     "predicted_js": p.predicted_js}
-                row["true_ppr"] = row["js"] / row["actual_ratio"]
+                                     "predicted": p.predicted}
+                row["true_ppr"] = row[signal] / row["actual_ratio"]
                 known.add(p.key)
                 new.append(row)
                 best[r] = min(best.get(r, np.inf), row["true_ppr"])
         if not new:
             progress(f"round {rnd}: nothing new to propose; stopping")
             break
-        err = [abs(x["predicted_js"] - x["js"]) for x in new]
+        err = [abs(x["predicted"] - x[signal]) for x in new]
         point = {"round": rnd, "proposed": len(new), "proposal_mae": float(np.mean(err)),
                  "proposal_max_error": float(np.max(err)),
                  "round_best_true_ppr": float(min(x["true_ppr"] for x in new)),
@@ -128,10 +128,10 @@ def active_learning(predictor: Any, ratios: list[float], rounds: int, k: int,
 
 
 def predicting(predictor: Any) -> Callable[[Policy, float], tuple[float, float]]:
-    """``predict(policy, ratio) -> (predicted js, actual ratio)`` of a :class:`ppf.predictor.Predictor`."""
+    """``predict(policy, ratio) -> (predicted signal, actual ratio)`` of a :class:`ppf.predictor.Predictor`."""
     def predict(policy: Policy, ratio: float) -> tuple[float, float]:
         out = predictor.predict(policy, ratio)
-        return out["js"], out["actual_ratio"]
+        return out["score"], out["actual_ratio"]
     return predict
 
 
@@ -150,16 +150,19 @@ def run(wb: Any, first: Any, dataset: Any, evaluate: Callable[[Proposal], dict[s
 
     known = {proposal_key(float(r.ratio), Sample.from_row(r).policy) for r in dataset.itertuples(index=False)}
     return active_learning(first, list(wb.params.agent.static), a.rounds, a.k, propose_with, evaluate, refit,
-                           progress, known)
+                           progress, known, wb.params.predictor.signal)
 
 
-def summary(curve: list[dict], refits: list[dict], first_held_out: dict, rows: Any, ratios: list[float]) -> dict:
+def summary(curve: list[dict], refits: list[dict], first_held_out: dict, rows: Any, ratios: list[float],
+            signal: str = "js") -> dict:
     """metrics/active.json: the curve keyed ``round_<n>``, the refits' held-out scores against the
-    first predictor's, whether the error on proposals fell, and the best true JS per ratio."""
+    first predictor's, whether the error on proposals fell, and the best true signal per ratio."""
     out: dict[str, Any] = {f"round_{c['round']}": {k: v for k, v in c.items() if k != "round"} for c in curve}
     out["refits"] = refits
     out["first_predictor_held_out"] = {k: first_held_out.get(k) for k in ("mae", "spearman", "spearman_within_ratio")}
     out["proposal_mae_falls"] = bool(len(curve) > 1 and curve[-1]["proposal_mae"] < curve[0]["proposal_mae"])
     out["evaluated"] = len(rows)
-    out["best_true_js"] = {f"{r:g}": float(rows[rows.target == r].js.min()) for r in ratios if (rows.target == r).any()}
+    out["signal"] = signal
+    out["best_true_signal"] = {f"{r:g}": float(rows[rows.target == r][signal].min()) for r in ratios
+                               if (rows.target == r).any()}
     return out

@@ -253,10 +253,11 @@ def predict(model: ModelOpt = "smollm2-135m",
             predictor: Annotated[str | None, typer.Option(
                 help="predictor directory/file, or registry:champion | registry:<version> "
                      "(default: the project's models/predictor)")] = None,
-            verify: Annotated[bool, typer.Option("--verify", help="also prune for real and measure the true JS")] = False,
+            verify: Annotated[bool, typer.Option("--verify", help="also prune for real and measure the true value")] = False,
             params: ParamsOpt = Path("params.yaml"),
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Predict the JS divergence of a policy at a ratio with the trained CNN (no weights touched)."""
+    """Predict the JS divergence (or the signal the predictor learned: predictor.signal) of a policy at a
+    ratio with the trained CNN (no weights touched)."""
     import tempfile
 
     from ppf.policy import Policy
@@ -270,14 +271,15 @@ def predict(model: ModelOpt = "smollm2-135m",
         pred = Predictor.load(recipe.locate(predictor, root, p, scratch), wb.planner)
     out = pred.predict(pol, ratio)
     report = {"model": model, "policy": str(pol), "target_ratio": ratio, "actual_ratio": out["actual_ratio"],
-              "predicted_js": out["js"], "predictor_ms": out["ms"], "input": pred.meta["input"]}
+              "signal": out["signal"], "predicted": out["score"], "predictor_ms": out["ms"], "input": pred.meta["input"]}
+    name = {"js": "JS", "kl": "KL", "nll": "NLL above dense"}[out["signal"]]
     if verify:
-        with err.status("pruning and measuring the true JS"):
-            report |= recipe.verify(wb, pol, ratio)
+        with err.status(f"pruning and measuring the true {name}"):
+            report |= recipe.verify(wb, pol, ratio, out["signal"])
     rows = [("actual block reduction", f"{report['actual_ratio']:.4f}"),
-            ("predicted JS", f"{report['predicted_js']:.5f}"), ("predictor time", f"{report['predictor_ms']:.2f} ms")]
+            (f"predicted {name}", f"{report['predicted']:.5f}"), ("predictor time", f"{report['predictor_ms']:.2f} ms")]
     if verify:
-        rows += [("true JS", f"{report['true_js']:.5f}"), ("error", f"{report['predicted_js'] - report['true_js']:+.5f}"),
+        rows += [(f"true {name}", f"{report['true']:.5f}"), ("error", f"{report['predicted'] - report['true']:+.5f}"),
                  ("true evaluation time", f"{report['true_eval_ms']:.0f} ms")]
     _show(report, as_json, f"{model}: {pol} at {ratio:.3f}", rows)
 

@@ -231,6 +231,11 @@ class PredictorParams(Section):
     seed: int = 0
     speed_samples: int = Field(5, gt=0, description="held-out policies evaluated for real to time "
                                 "predictor vs true evaluation")
+    signal: Literal["js", "kl", "nll"] = Field(
+        "js", description="the signal the predictor learns and the agent's reward divides by the actual ratio "
+        "(Eq 6 with js): js (the paper), kl (KL(dense || pruned), EvoPress' fitness) or nll (held-out NLL above "
+        "dense, log of the perplexity ratio); all three are collected, metrics/agent.json's reward_agreement "
+        "says which ranks policies like valid perplexity")
 
 
 class AgentValidation(Section):

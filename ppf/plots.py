@@ -25,15 +25,18 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def predictor_scatter(table: pd.DataFrame, held_out: dict[str, float], title: str) -> bytes:
+SIGNAL_LABELS = {"js": "JS (pruned vs dense)", "kl": "KL(dense || pruned)", "nll": "NLL above dense"}
+
+
+def predictor_scatter(table: pd.DataFrame, held_out: dict[str, float], title: str, signal: str = "js") -> bytes:
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
     for policy, g in table.groupby("policy"):
-        ax.scatter(g.true_js, g.predicted_js, s=14, label=policy)
-    lo = float(min(table.true_js.min(), table.predicted_js.min()))
-    hi = float(max(table.true_js.max(), table.predicted_js.max()))
+        ax.scatter(g["true"], g.predicted, s=14, label=policy)
+    lo = float(min(table["true"].min(), table.predicted.min()))
+    hi = float(max(table["true"].max(), table.predicted.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set_xlabel("true JS (pruned vs dense)")
-    ax.set_ylabel("predicted JS")
+    ax.set_xlabel(f"true {SIGNAL_LABELS[signal]}")
+    ax.set_ylabel(f"predicted {SIGNAL_LABELS[signal]}")
     ax.set_title(f"{title}\nheld out: Spearman {held_out['spearman']:.3f}, MAE {held_out['mae']:.4f}", fontsize=9)
     ax.legend(fontsize=7, title="held-out policy", title_fontsize=7)
     return _png(fig)

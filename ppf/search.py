@@ -25,7 +25,7 @@ from ppf.policy import A_ETA_MAX, Policy, requested_ratios
 class Candidate:
     scores: tuple[float, ...]  # per-layer scores for Planner.plan_scores (higher = pruned less)
     a_eta: float
-    predicted_js: float
+    predicted: float  # the predictor's signal (JS by default)
     predicted_ppr: float
     actual_ratio: float
 
@@ -62,8 +62,8 @@ def cma_search(predictor: Any, ratio: float, start: Policy, budget: int = 800, s
             plan = planner.plan_scores(scores, a_eta, ratio)
         except Exception:  # a vector no plan can meet (e.g. every layer clipped): worst fitness
             return 10.0
-        js = predictor.predict_plan(plan)
-        c = Candidate(scores, a_eta, js, js / plan.block_ratio, plan.block_ratio)
+        score = predictor.predict_plan(plan)
+        c = Candidate(scores, a_eta, score, score / plan.block_ratio, plan.block_ratio)
         key = tuple(np.round(plan.layer_ratios(), 4))
         if key not in seen or c.predicted_ppr < seen[key].predicted_ppr:
             seen[key] = c

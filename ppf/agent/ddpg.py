@@ -57,7 +57,7 @@ def _callbacks(history: History, decay: float, on_episode: Callable[[dict], None
         def _on_step(self) -> bool:
             info, reward, done = self.locals["infos"][0], float(self.locals["rewards"][0]), bool(self.locals["dones"][0])
             noise = self.model.action_noise
-            step = {**{k: info[k] for k in ("ratio", "policy", "js", "actual_ratio")}, "reward": reward,
+            step = {**{k: info[k] for k in ("ratio", "policy", "score", "actual_ratio")}, "reward": reward,
                     "episode": len(history.episodes) + 1, "noise": float(noise._sigma.mean()) if noise else 0.0}
             history.steps.append(step)
             self._current.append(step)

@@ -6,7 +6,7 @@ highest wins, the usual continuous relaxation of a discrete choice for an actor-
 the fourth is a_eta mapped linearly from [−1, 1] onto [0, 0.5]; beyond the paper, one coordinate
 per extended part the :class:`ActionSpace` has on (normalisation, protected edge layers, depth,
 attention share), the discrete ones rounded. Reward (Eq. 6): −JS / r_act,
-JS from the predictor, r_act the plan's ACTUAL ratio.
+JS from the predictor (or the signal it learned, ``predictor.signal``), r_act the plan's ACTUAL ratio.
 
 An episode is one sampling window (Eqs 1–3): [α, β] cut into k equal sub-intervals, one ratio
 drawn uniformly in each, visited in order; a new window every episode. Static mode is α = β.
@@ -30,7 +30,7 @@ from ppf.policy import A_ETA_MAX, Policy, check_ratio, feasible
 AGENT_METHODS = ("lod", "esd", "bi")
 ACTION_DIM = len(AGENT_METHODS) + 1
 
-# (policy, ratio) -> (JS, actual ratio): the predictor in training, anything cheap in tests
+# (policy, ratio) -> (score, actual ratio): the predictor's signal (JS by default) in training, anything cheap in tests
 Scorer = Callable[[Policy, float], tuple[float, float]]
 
 
@@ -237,9 +237,9 @@ class PruningEnv(gym.Env):
     def step(self, action: np.ndarray):
         ratio = float(self._ratios[self._i])
         policy = self.space.decode(action, ratio)
-        js, actual = self.scorer(policy, ratio)
-        reward = -js / actual
+        score, actual = self.scorer(policy, ratio)
+        reward = -score / actual
         self._i += 1
         done = self._i >= self.window
-        info = {"ratio": ratio, "policy": str(policy), "js": js, "actual_ratio": actual}
+        info = {"ratio": ratio, "policy": str(policy), "score": score, "actual_ratio": actual}
         return self._obs(), float(reward), done, False, info

@@ -31,7 +31,7 @@ from ppf.workbench import Workbench
 def predictor_scorer(predictor: Any):
     def score(policy: Policy, ratio: float) -> tuple[float, float]:
         out = predictor.predict(policy, ratio)
-        return out["js"], out["actual_ratio"]
+        return out["score"], out["actual_ratio"]
 
     return score
 
@@ -67,8 +67,8 @@ def mean_predicted_ppr(actor: Any, predictor: Any, alpha: float, beta: float, sp
     score = predictor_scorer(predictor)
     pprs = []
     for r in selection_ratios(alpha, beta):
-        js, actual = score(space.decode(act(actor, observe(r, alpha, beta)), r), r)
-        pprs.append(js / actual)
+        value, actual = score(space.decode(act(actor, observe(r, alpha, beta)), r), r)
+        pprs.append(value / actual)
     return float(np.mean(pprs))
 
 
@@ -106,5 +106,5 @@ def answer(wb: Workbench, ratio: float, ref: str | Path | None = None) -> dict[s
     return {"ratio": ratio, "policy": pol, "method": pol.method, "a_eta": pol.a_eta, "mode": decision["mode"],
             "actual_ratio": pred["actual_ratio"], "layer_ratios": pred["plan"].layer_ratios(),
             "removed_attention": pred["plan"].removed_attention, "removed_mlp": pred["plan"].removed_mlp,
-            "predicted_js": pred["js"], "predicted_ppr": pred["js"] / pred["actual_ratio"],
+            "signal": pred["signal"], "predicted": pred["score"], "predicted_ppr": pred["score"] / pred["actual_ratio"],
             "decision_ms": decision["decision_ms"], "warning": decision["warning"], "chosen": decision["chosen"]}

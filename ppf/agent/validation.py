@@ -38,9 +38,9 @@ CONTENDERS = ("agent", "uniform", "llm_pruner", "owl", "alpha", "shortgpt", "gri
 
 
 def predicted(predictor: Any, policy: Policy, ratio: float) -> tuple[float, float]:
-    """(predicted JS, actual ratio) of ``policy`` at ``ratio``."""
+    """(the predicted signal — JS by default, ``predictor.signal`` — and the actual ratio) of ``policy`` at ``ratio``."""
     out = predictor.predict(policy, ratio)
-    return out["js"], out["actual_ratio"]
+    return out["score"], out["actual_ratio"]
 
 
 def validation_ratios(params: Params) -> list[float]:
@@ -58,14 +58,14 @@ def grid_best(predictor: Any, ratio: float, step: float) -> tuple[Policy, float]
     """The grid policy with the lowest predicted PPR at ``ratio`` (and that PPR)."""
     best, best_ppr = None, float("inf")
     for pol in grid(step):
-        js, actual = predicted(predictor, pol, ratio)
-        if js / actual < best_ppr:
-            best, best_ppr = pol, js / actual
+        score, actual = predicted(predictor, pol, ratio)
+        if score / actual < best_ppr:
+            best, best_ppr = pol, score / actual
     return best, best_ppr
 
 
 def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float], setting: str) -> list[dict[str, Any]]:
-    """One row per (ratio, contender): its policy (object and text) and predicted JS / PPR."""
+    """One row per (ratio, contender): its policy (object and text) and predicted signal / PPR."""
     v = params.agent.validation
     n_layers = predictor.planner.shape.n_layers
     rows = []
@@ -82,9 +82,9 @@ def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float],
         if "dynamic" in agents.modes:  # the dynamic actor on its own (at a static ratio, a candidate of the choice)
             policies["dynamic_agent"] = agents.decide(r, mode="dynamic")["policy"]
         for name, pol in policies.items():
-            js, actual = predicted(predictor, pol, r)
-            rows.append({"ratio": r, "contender": name, "policy": str(pol), "predicted_js": js,
-                         "predicted_ppr": js / actual, "setting": setting, "_policy": pol})
+            score, actual = predicted(predictor, pol, r)
+            rows.append({"ratio": r, "contender": name, "policy": str(pol), "predicted": score,
+                         "predicted_ppr": score / actual, "setting": setting, "_policy": pol})
     return rows
 
 
@@ -97,7 +97,7 @@ def search_candidates(predictor: Any, rows: list[dict[str, Any]], params: Params
                      if x["setting"] == "static" and x["ratio"] == r and x["contender"] == "grid_best")
         cands, stats[f"{r:g}"] = cma_search(predictor, r, start, s.budget, s.sigma0, s.top_k, s.seed)
         out += [{"ratio": r, "contender": f"search#{i + 1}", "policy": f"search:{i + 1}",
-                 "predicted_js": c.predicted_js, "predicted_ppr": c.predicted_ppr, "setting": "static",
+                 "predicted": c.predicted, "predicted_ppr": c.predicted_ppr, "setting": "static",
                  "_scores": c.scores, "_a_eta": c.a_eta} for i, c in enumerate(cands)]
     return out, stats
 
@@ -145,13 +145,14 @@ def judge(wb: Workbench, row: dict[str, Any], ppl_windows: int) -> dict[str, flo
             "compensation": res["compensation"]}
 
 
-def table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The judged rows; of the search candidates, the best by TRUE JS per ratio becomes ``search``."""
+def table(rows: list[dict[str, Any]], signal: str = "js") -> pd.DataFrame:
+    """The judged rows, ``true_ppr`` their true ``signal`` (the reward's) over the actual ratio; of the
+    search candidates, the best by that TRUE signal per ratio becomes ``search``."""
     t = pd.DataFrame(rows).drop(columns=["_policy", "_scores", "_a_eta"], errors="ignore")
-    t["true_ppr"] = t.true_js / t.actual_ratio
+    t["true_ppr"] = t[f"true_{signal}"] / t.actual_ratio
     static = t[t.setting == "static"]
     searched = static[static.contender.str.startswith("search#")]
-    best = searched.loc[searched.groupby("ratio").true_js.idxmin()].assign(contender="search")
+    best = searched.loc[searched.groupby("ratio")[f"true_{signal}"].idxmin()].assign(contender="search")
     return pd.concat([t[~t.contender.str.startswith("search#")], best,
                       searched.assign(contender=searched.contender.str.replace("#", "_candidate"))], ignore_index=True)
 

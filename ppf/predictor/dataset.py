@@ -20,14 +20,17 @@ import pandas as pd
 
 from ppf.errors import PPFError
 from ppf.masks import compress
+from ppf.metrics import SIGNALS
 from ppf.policy import Planner, Policy
 from ppf.predictor.features import image
 
 COLUMNS = ("key", "method", "a_eta", "ratio", "actual_ratio", "mask", "mask_shape", "js")
 
 
-def read_samples(path: str | Path) -> pd.DataFrame:
-    """The collected samples, sorted by key, after checking this IS a ppf mask dataset."""
+def read_samples(path: str | Path, signal: str = "js") -> pd.DataFrame:
+    """The collected samples, sorted by key, after checking this IS a ppf mask dataset with the
+    ``signal`` (:data:`ppf.metrics.SIGNALS`) measured for every row (``kl`` and ``nll`` are collected
+    since they could be learned; a dataset without them is refused with the way to recollect)."""
     path = Path(path)
     if not path.is_file():
         raise PPFError(f"no mask dataset at '{path}'; run `dvc repro collect` first")
@@ -50,9 +53,15 @@ def read_samples(path: str | Path) -> pd.DataFrame:
     bad = [k for k, m in zip(df["key"], df["mask"]) if len(m) != int(np.prod(shape))]
     if bad:
         raise PPFError(f"'{path}': the mask of sample {bad[0]} does not have {shape} entries; rerun `dvc repro collect`")
-    js = df["js"].to_numpy(dtype=float)
-    if not np.isfinite(js).all() or (js < 0).any():
-        raise PPFError(f"'{path}': JS values must be finite and >= 0; rerun `dvc repro collect`")
+    if signal not in SIGNALS:
+        raise PPFError(f"unknown predictor signal {signal!r}; use one of {', '.join(SIGNALS)}")
+    if signal not in df.columns or df[signal].isna().any():
+        raise PPFError(f"'{path}' has no {signal} for every sample (collected before {signal} was measured); "
+                       "rerun `dvc repro collect --force`, or set predictor.signal: js")
+    y = df[signal].to_numpy(dtype=float)
+    if not np.isfinite(y).all() or (signal != "nll" and (y < 0).any()):
+        raise PPFError(f"'{path}': {signal} values must be finite" + (" and >= 0" if signal != "nll" else "")
+                       + "; rerun `dvc repro collect`")
     if df["key"].duplicated().any():
         raise PPFError(f"'{path}' has duplicate samples ({df['key'][df['key'].duplicated()].iloc[0]}); rerun `dvc repro collect`")
     return df.sort_values("key").reset_index(drop=True)

@@ -47,22 +47,23 @@ class Data:
     planner: Planner
     kind: str  # the predictor input the images are
     digest: str  # sha256 of the parquet file: which data a predictor was trained on
+    signal: str = "js"  # the column learned (predictor.signal)
 
     @property
     def y(self) -> np.ndarray:
-        return self.df["js"].to_numpy(dtype=float)
+        return self.df[self.signal].to_numpy(dtype=float)
 
 
 def prepare_data(wb: Workbench, kind: str | None = None) -> Data:
     pp = wb.params.predictor
     path = wb.root / DATASET
-    df = read_samples(path)
+    df = read_samples(path, pp.signal)
     planner = wb.planner
     kind = kind or pp.input
     images = build_images(df, planner, kind)
     train, test = split(df, pp.test_fraction, pp.seed, pp.split)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return Data(df, images, train, test, within_rows(df), planner, kind, digest)
+    return Data(df, images, train, test, within_rows(df), planner, kind, digest, pp.signal)
 
 
 def network(config: dict[str, Any], state: dict[str, Any]) -> PredictorNet:
@@ -85,7 +86,7 @@ def with_rows(data: Data, extra: pd.DataFrame) -> Data:
     return Data(pd.concat([data.df, extra], ignore_index=True),
                 np.concatenate([data.images, build_images(extra, data.planner, data.kind)]),
                 np.concatenate([data.train, n + np.arange(len(extra))]), data.test, data.within,
-                data.planner, data.kind, data.digest)
+                data.planner, data.kind, data.digest, data.signal)
 
 
 def net_config(params: Params, in_channels: int, **overrides: Any) -> NetConfig:
@@ -103,7 +104,7 @@ def train_config(params: Params) -> TrainConfig:
 
 
 def by_ratio(ratios: np.ndarray, true: np.ndarray, pred: np.ndarray, min_rows: int = 3) -> dict[str, float]:
-    """Spearman between true and predicted JS among the rows of each target ratio (ratios with at
+    """Spearman between the true and predicted signal among the rows of each target ratio (ratios with at
     least ``min_rows`` rows): how well policies are ranked at ONE ratio, which is what the agent asks."""
     from scipy.stats import spearmanr
 
@@ -144,24 +145,23 @@ def train_and_score(data: Data, config: NetConfig, train: TrainConfig, on_epoch=
 
 
 def summary(data: Data, held_out: dict[str, float]) -> dict[str, Any]:
-    """The metrics file's accuracy part (JS range over the whole dataset)."""
+    """The metrics file's accuracy part (the signal's range over the whole dataset)."""
     y = data.y
-    return {"n_train": int(len(data.train)), "n_test": int(len(data.test)), **held_out,
-            "js_min": float(y.min()), "js_max": float(y.max()),
+    return {"signal": data.signal, "n_train": int(len(data.train)), "n_test": int(len(data.test)), **held_out,
+            "signal_min": float(y.min()), "signal_max": float(y.max()),
             "mae_pct_of_range": 100.0 * held_out["mae"] / float(y.max() - y.min()) if y.max() > y.min() else float("nan")}
 
 
 def heldout_table(data: Data, pred: np.ndarray) -> pd.DataFrame:
     df = data.df.iloc[data.test]
     return pd.DataFrame({"key": df["key"].to_numpy(), "policy": policy_groups(data.df)[data.test],
-                         "ratio": df["ratio"].to_numpy(), "true_js": df["js"].to_numpy(dtype=float),
-                         "predicted_js": pred})
+                         "ratio": df["ratio"].to_numpy(), "true": data.y[data.test], "predicted": pred})
 
 
-def verify(wb: Workbench, policy: Policy, ratio: float) -> dict[str, float]:
-    """The TRUE JS of ``policy`` at ``ratio``: prune a copy of the model and measure it."""
+def verify(wb: Workbench, policy: Policy, ratio: float, signal: str = "js") -> dict[str, float]:
+    """The TRUE ``signal`` of ``policy`` at ``ratio``: prune a copy of the model and measure it."""
     row = collect.evaluate(wb, collect.Sample.of(policy, ratio))
-    return {"true_js": row["js"], "true_eval_ms": 1e3 * (row["plan_s"] + row["eval_s"])}
+    return {"true": row[signal], "true_eval_ms": 1e3 * (row["plan_s"] + row["eval_s"])}
 
 
 def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50, batch_size: int = 256) -> dict[str, float]:
@@ -179,14 +179,14 @@ def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50, b
     real = [collect.evaluate(wb, s) for s in samples]
     true_ms = 1e3 * float(np.mean([r["plan_s"] + r["eval_s"] for r in real]))
     predictor_ms = 1e3 * float(np.mean(pred_s))
-    stored = dict(zip(data.df["key"], data.df["js"]))
+    stored = dict(zip(data.df["key"], data.y))
     batch = [(s.policy, s.ratio) for s in samples] * (-(-batch_size // len(samples)))  # >= batch_size policies
     batch_ms = 1e3 * timed(lambda: predictor.predict_batch(batch), 3) / len(batch)
     return {"predictor_ms": predictor_ms, "true_eval_ms": true_ms, "speedup": true_ms / predictor_ms,
             "batch_policies": len(batch), "batch_ms_per_policy": batch_ms, "batch_speedup": true_ms / batch_ms,
             "batch_vs_single": predictor_ms / batch_ms,
             "speed_policies": len(samples),
-            "speed_js_reproduced": float(max(abs(r["js"] - stored[r["key"]]) for r in real))}
+            "speed_signal_reproduced": float(max(abs(r[data.signal] - stored[r["key"]]) for r in real))}
 
 
 def write_outputs(root: Path, net: PredictorNet, meta: dict[str, Any], table: pd.DataFrame,
@@ -198,7 +198,8 @@ def write_outputs(root: Path, net: PredictorNet, meta: dict[str, Any], table: pd
              "heldout": write_text_atomic(folder / "heldout.csv", table.to_csv(index=False, float_format="%.6g")),
              "loss": write_text_atomic(folder / "loss.csv", pd.DataFrame(
                  {"epoch": np.arange(1, len(history) + 1), "train_mse": history}).to_csv(index=False, float_format="%.6g")),
-             "scatter": write_bytes_atomic(folder / "scatter.png", plots.predictor_scatter(table, held_out, meta["model"]))}
+             "scatter": write_bytes_atomic(folder / "scatter.png", plots.predictor_scatter(table, held_out, meta["model"],
+                                                                                    meta.get("signal", "js")))}
     return paths
 
 
@@ -212,6 +213,8 @@ def register(params: Params, predictor_file: Path, data: Data, held_out: dict[st
         if meta.get("model") != data.planner.model or tuple(meta.get("image_shape", ())) != want:
             raise Incomparable(f"was trained for {meta.get('model')} {tuple(meta.get('image_shape', ()))}; "
                                "it cannot score this model's masks")
+        if meta.get("signal", "js") != data.signal:
+            raise Incomparable(f"learned {meta.get('signal', 'js')}, not {data.signal}: their errors are not comparable")
         images = data.images if meta["input"] == data.kind else build_images(data.df, data.planner, meta["input"])
         return scores(data.y[data.test], predict(net, images[data.test]))["mae"]
 

@@ -73,6 +73,11 @@ class Predictor:
         net, meta = load_predictor(path)
         return cls(net, meta, planner)
 
+    @property
+    def signal(self) -> str:
+        """What it predicts (``predictor.signal`` when it was trained; predictors from before: js)."""
+        return str(self.meta.get("signal", "js"))
+
     def check_image(self, img: np.ndarray) -> torch.Tensor:
         want = tuple(self.meta["image_shape"])
         if tuple(img.shape[-3:]) != want:
@@ -88,15 +93,17 @@ class Predictor:
         return float(self.predict_images(image(plan, self.meta["input"]))[0])
 
     def predict_batch(self, items: list[tuple[Policy, float]]) -> np.ndarray:
-        """Predicted JS of many (policy, ratio) pairs: every plan's masks made (no index lists), then ONE
+        """Predicted :attr:`signal` of many (policy, ratio) pairs: every plan's masks made (no index lists), then ONE
         forward over all images."""
         kind, shape = self.meta["input"], self.planner.shape
         return self.predict_images(np.stack([image_of_masks(shape, *self.planner.masks(p, r)[:3], kind)
                                              for p, r in items]))
 
     def predict(self, policy: Policy, ratio: float) -> dict[str, Any]:
-        """Predicted JS of ``policy`` at ``ratio`` with the plan it scored and the time it took."""
+        """The predicted :attr:`signal` (``score``) of ``policy`` at ``ratio`` with the plan it scored and
+        the time it took."""
         t = time.perf_counter()
         plan = self.planner.plan(policy, ratio)
-        js = self.predict_plan(plan)
-        return {"js": js, "plan": plan, "actual_ratio": plan.block_ratio, "ms": (time.perf_counter() - t) * 1e3}
+        score = self.predict_plan(plan)
+        return {"score": score, "signal": self.signal, "plan": plan, "actual_ratio": plan.block_ratio,
+                "ms": (time.perf_counter() - t) * 1e3}

@@ -73,7 +73,7 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
     assert code == 0, err
     answer = json.loads(out)
     assert answer["method"] in {"lod", "esd", "bi"} and 0 <= answer["a_eta"] <= 0.5
-    assert len(answer["layer_ratios"]) == 3 and answer["predicted_js"] > 0 and answer["mode"] == "dynamic"
+    assert len(answer["layer_ratios"]) == 3 and answer["predicted"] > 0 and answer["signal"] == "js" and answer["mode"] == "dynamic"
     assert answer["decision_ms"] < 50 and answer["warning"] is None
     code, out, err = run_cli(["policy", "--model", model, "--ratio", "0.6"], capsys)
     assert code == 0 and "outside every trained range" in err and json.loads(out)["warning"]

@@ -13,7 +13,7 @@ from flows.collect import collect
 from flows.prepare import prepare
 from flows.train_predictor import train_predictor_flow
 
-KEYS = {"n_train", "n_test", "mae", "rmse", "spearman", "kendall", "r2", "max_error", "js_min", "js_max",
+KEYS = {"n_train", "n_test", "mae", "rmse", "spearman", "kendall", "r2", "max_error", "signal", "signal_min", "signal_max",
         "predictor_ms", "true_eval_ms", "speedup", "batch_speedup", "batch_ms_per_policy"}
 
 
@@ -33,7 +33,7 @@ def test_training_writes_metrics_plots_and_a_registered_champion(trained):
     assert KEYS <= set(metrics)
     assert metrics["n_train"] + metrics["n_test"] == 16 and metrics["speedup"] > 1
     assert metrics["batch_policies"] >= 256 and metrics["batch_speedup"] > metrics["speedup"] * 0.5
-    assert metrics["speed_js_reproduced"] < 1e-6  # the real evaluation reproduced the collected JS
+    assert metrics["speed_signal_reproduced"] < 1e-6  # the real evaluation reproduced the collected JS
     for f in ("models/predictor/predictor.safetensors", "plots/predictor/scatter.png",
               "plots/predictor/heldout.csv", "plots/predictor/loss.csv"):
         assert (project / f).stat().st_size > 0
@@ -68,7 +68,7 @@ def test_ppf_predict_and_verify_on_a_collected_policy(trained, capsys, monkeypat
                            "--verify", "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert abs(report["true_js"] - row.js) < 1e-6 and report["predicted_js"] > 0
+    assert abs(report["true"] - row.js) < 1e-6 and report["predicted"] > 0 and report["signal"] == "js"
     code, out, err = run_cli(["predict", "--model", model, "--ratio", "0.3", "--predictor", "registry:champion",
                            "--json"], capsys)
     assert code == 0, err
@@ -110,3 +110,28 @@ def test_compare_promote_and_rollback_registered_versions(trained, capsys, monke
     assert code == 2 and "no version 9" in err
     code, _, err = run_cli(["compare", "pruned"], capsys)
     assert code == 2 and "no registered pruned versions" in err
+
+
+def test_another_signal_is_learned_from_its_column_and_replaces_a_champion_of_another_signal(trained):
+    from ppf.agent.recipe import predictor_scorer
+    from ppf.config import load_params
+    from ppf.policy import Policy
+    from ppf.predictor import Predictor
+    from ppf.workbench import Workbench
+
+    project, _ = trained
+    edit_params(project, predictor={"signal": "nll"})
+    result = train_predictor_flow("params.yaml", root=str(project))
+    metrics = json.loads((project / "metrics" / "predictor.json").read_text())
+    df = pd.read_parquet(project / "data" / "masks" / "samples.parquet")
+    assert metrics["signal"] == "nll" and metrics["signal_min"] == pytest.approx(df.nll.min())
+    assert metrics["speed_signal_reproduced"] < 1e-6  # the real evaluation measured the same NLL
+    heldout = pd.read_csv(project / "plots" / "predictor" / "heldout.csv")
+    assert heldout["true"].to_numpy() == pytest.approx(df.set_index("key").nll[heldout.key].to_numpy(), abs=1e-6)
+    # the js champion cannot be re-scored on NLL: the project now learns nll, the new version takes over
+    assert "not comparable" in result["registry"]["reason"] and result["registry"]["champion"]
+    predictor = Predictor.load(project / "models" / "predictor",
+                               Workbench(project, load_params(project / "params.yaml")).planner)
+    assert predictor.signal == "nll"
+    score, actual = predictor_scorer(predictor)(Policy("lod", 0.2), 0.3)  # what the agent's reward divides
+    assert score == pytest.approx(predictor.predict(Policy("lod", 0.2), 0.3)["score"]) and 0 < actual < 1

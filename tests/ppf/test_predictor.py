@@ -121,6 +121,22 @@ def test_read_samples_refuses_what_is_not_a_mask_dataset(tmp_path):
         read_samples(tmp_path / "absent.parquet")
 
 
+def test_the_learned_signal_is_a_column_every_row_must_have(tmp_path):
+    old = tmp_path / "old.parquet"
+    _frame().to_parquet(old)  # collected when only JS was measured
+    with pytest.raises(PPFError, match="no nll for every sample.*predictor.signal: js"):
+        read_samples(old, "nll")
+    with pytest.raises(PPFError, match="unknown predictor signal 'ppl'"):
+        read_samples(old, "ppl")
+    new = tmp_path / "new.parquet"
+    df = _frame().assign(kl=lambda d: d.ratio, nll=lambda d: d.ratio - 0.25)  # NLL above dense may be < 0
+    df.to_parquet(new)
+    assert read_samples(new, "nll")["nll"].min() < 0 and len(read_samples(new, "kl")) == 40
+    df.assign(kl=-df.kl).to_parquet(new)
+    with pytest.raises(PPFError, match="kl values must be finite and >= 0"):
+        read_samples(new, "kl")
+
+
 # ---- saved predictors -------------------------------------------------------------------------
 class _Planner:
     def __init__(self, model="m", shape=DenseShape(3, 8, 4, 2, 2, 16)):
@@ -189,4 +205,4 @@ def test_a_batch_of_policies_is_one_forward_with_the_same_answers(tmp_path):
     net.register_forward_hook(lambda *a: calls.append(1))
     batch = p.predict_batch(items)
     assert len(calls) == 1 and batch.shape == (6,)
-    assert np.allclose(batch, [p.predict(pol, r)["js"] for pol, r in items], atol=1e-6)
+    assert np.allclose(batch, [p.predict(pol, r)["score"] for pol, r in items], atol=1e-6)
