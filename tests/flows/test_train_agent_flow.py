@@ -27,7 +27,15 @@ def agent_project(tiny_project):
 
 
 def test_train_agent_validates_on_the_true_model_and_registers(agent_project, capsys, monkeypatch):
+    import flows.train_agent as T
+
+    judged = []
+    real_judge = T.V.judge
+    monkeypatch.setattr(T.V, "judge", lambda wb, row, windows: judged.append((row["ratio"], row["policy"], windows))
+                        or real_judge(wb, row, windows))
     result = train_agent_flow("params.yaml", root=str(agent_project))
+    # one judgment per (ratio, policy, windows): a policy two contenders or both settings propose is judged once
+    assert len(judged) == len(set(judged))
     metrics = json.loads((agent_project / "metrics" / "agent.json").read_text())
     for key in ("policy_latency_ms", "mean_ppl_agent", "mean_ppl_uniform", "mean_ppl_owl", "mean_ppl_alpha",
                 "mean_ppl_grid_best"):
