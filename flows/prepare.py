@@ -23,18 +23,25 @@ from ppf.io import write_json_atomic, write_tensors_atomic
 
 
 @task(cache_policy=CACHE, persist_result=True)
-def corpus_splits(corpus: dict, sdist: str, valid_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+def corpus_splits(corpus: dict, sources: dict, valid_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
     """The corpus as {train, valid, test} texts (a value, so Prefect can cache it across runs)."""
+    import bz2
+
     from ppf.data import corpus as C
     from ppf.data.bigbench import read_task_jsons
+    from ppf.data.gensim_wheel import WIKI_DUMP, read_members
 
     source = corpus["source"]
     if source == "files":
         return C.read_text_files(corpus["train"], corpus["valid"], corpus["test"])
     if source == "hf":
         return C.load_hf_corpus(corpus["path"], corpus["name"], corpus["text_field"])
-    task = read_task_jsons(Path(sdist), ["paragraph_segmentation"])["paragraph_segmentation"]
-    articles = C.wikipedia_articles(task, corpus["language"])
+    if source == "enwiki":
+        dump = bz2.decompress(read_members(Path(sources["gensim"]), [WIKI_DUMP])[WIKI_DUMP])
+        articles = C.wikipedia_dump_articles(dump, corpus["min_chars"])
+    else:
+        task = read_task_jsons(Path(sources["bigbench"]), ["paragraph_segmentation"])["paragraph_segmentation"]
+        articles = C.wikipedia_articles(task, corpus["language"])
     splits = C.split_articles(articles, valid_fraction, test_fraction, seed)
     return {name: "\n\n".join(arts) for name, arts in splits.items()}
 
@@ -51,21 +58,35 @@ def write_corpus(splits: dict[str, str], out_dir: Path) -> dict[str, int]:
 
 
 @task
-def build_tasks(sdist: str, names: list[str], limit: int | None, seed: int, out_dir: Path) -> dict[str, int]:
-    """lm-eval task files from bigbench (the tasks always come from bigbench, whatever the corpus)."""
+def build_tasks(sources: dict, names: list[str], limit: int | None, seed: int, out_dir: Path) -> dict[str, int]:
+    """lm-eval task files from their sources (the gensim wheel, a bigbench sdist), whatever the corpus."""
     from ppf.data.bigbench import read_task_jsons
-    from ppf.data.tasks import TASK_SOURCES, build_tasks as build
+    from ppf.data.gensim_wheel import read_members
+    from ppf.data.tasks import build_tasks as build, sources as wanted
 
-    paths = sorted({p for n in names for p in TASK_SOURCES[n]})
-    return build(read_task_jsons(Path(sdist), paths), names, limit, seed, out_dir)
+    data = {}
+    if wanted(names, "bigbench"):
+        data |= read_task_jsons(Path(sources["bigbench"]), wanted(names, "bigbench"))
+    if wanted(names, "gensim"):
+        data |= read_members(Path(sources["gensim"]), wanted(names, "gensim"))
+    return build(data, names, limit, seed, out_dir)
 
 
 @task
-def fetch_bigbench(version: str, sdist: str | None) -> str:
-    """The bigbench sdist: a user's copy, or downloaded once into the ppf cache."""
+def fetch_sources(data: dict, corpus_source: str, names: list[str], root: str) -> dict[str, str]:
+    """The downloads the corpus and the tasks need, each once into the ppf cache (or a user's copy):
+    ``gensim`` (the wheel) and / or ``bigbench`` (the sdist)."""
     from ppf.data.bigbench import fetch_sdist
+    from ppf.data.gensim_wheel import fetch_wheel
+    from ppf.data.tasks import sources
 
-    return str(fetch_sdist(version, Path(sdist) if sdist else None))
+    out = {}
+    local = lambda p: Path(root) / p if p else None  # noqa: E731  (relative to the project)
+    if corpus_source == "enwiki" or sources(names, "gensim"):
+        out["gensim"] = str(fetch_wheel(data["gensim"]["version"], local(data["gensim"]["wheel"])))
+    if corpus_source == "bigbench" or sources(names, "bigbench"):
+        out["bigbench"] = str(fetch_sdist(data["bigbench"]["version"], local(data["bigbench"]["sdist"])))
+    return out
 
 
 def _absolute(corpus: dict, root: Path) -> dict:
@@ -108,11 +129,10 @@ def prepare(params_path: str = "params.yaml", root: str | None = None) -> dict:
     root = Path(root or ROOT)
     params: Params = load_params(root / params_path)
     data, corpus = params.data, _absolute(params.data.corpus.model_dump(mode="json"), root)
-    user_sdist = data.bigbench.sdist and str(root / data.bigbench.sdist)
-    sdist = fetch_bigbench(data.bigbench.version, user_sdist)
-    splits = corpus_splits(corpus, sdist, data.valid_fraction, data.test_fraction, data.split_seed)
+    sources = fetch_sources(data.model_dump(mode="json"), corpus["source"], list(params.tasks.names), str(root))
+    splits = corpus_splits(corpus, sources, data.valid_fraction, data.test_fraction, data.split_seed)
     chars = write_corpus(splits, root / "data" / "corpus")
-    tasks = build_tasks(sdist, list(params.tasks.names), params.tasks.limit, params.tasks.seed,
+    tasks = build_tasks(sources, list(params.tasks.names), params.tasks.limit, params.tasks.seed,
                         root / "data" / "tasks")
     model_dir = resolve_model(params.model.name)
     cal, js = params.calibration, params.js

@@ -10,8 +10,10 @@
    as fitness; its ``search.top_k`` best are evaluated for real and the best by true JS is kept.
 4. The final choice at each static ratio (multi-fidelity, valid split only): the policy contenders
    ranked by their validation perplexity, the best ``agent.choice.survivors`` re-measured on
-   ``agent.choice.windows`` valid windows, stage by stage; the last stage's best is stored in the agent
-   file and is PPF's answer there (``ppf policy``, ``ppf prune -p agent``, the benchmark).
+   ``agent.choice.windows`` valid windows, stage by stage; then refined on the true model
+   (``agent.refine``, :mod:`ppf.agent.refine`: budget-preserving mutants screened by the predictor,
+   judged on few valid windows, the best kept only if better on the choice's last windows). The result
+   is stored in the agent file and is PPF's answer there (``ppf policy``, ``ppf prune -p agent``, the benchmark).
 
 Outputs: metrics/agent.json, results/agent_validation.csv, results/agent_choice.csv, plots/agent/{rewards.csv, rewards.png,
 validation.png}; MLflow run (reward curves, tables), model `ppf-agent` (alias `champion` moves if
@@ -36,6 +38,7 @@ from flows.common import CACHE, ROOT, run_main, workbench
 from ppf import plots, tracking
 from ppf.agent import AgentConfig, Agents, build_actor, save_agents, train_agent
 from ppf.agent import recipe as R
+from ppf.agent.refine import refine_choices
 from ppf.agent import validation as V
 from ppf.config import Params, load_params
 from ppf.errors import PPFError
@@ -116,15 +119,31 @@ def train_agent_flow(params_path: str = "params.yaml", root: str | None = None) 
     table = V.table(rows, predictor.signal)
     metrics = _latency(agents, predictor, ratios) | {"train_s": train_s} | V.summarise(table, params, search_stats)
     start = time.perf_counter()
-    choices, stages = V.choose(rows, a.validation.ppl_windows, list(zip(a.choice.windows, a.choice.survivors)),
-                               lambda row, w: judge(_plan_key(row), context, w, str(root), params)["ppl_valid"])
+    choices = _choose(root, params, rows, predictor, context)
     agent_file = agents.with_choices(choices, agent_file)
     metrics |= {"choice": choices, "choice_s": time.perf_counter() - start}
-    write_text_atomic(root / "results" / "agent_choice.csv", pd.DataFrame(stages).to_csv(index=False, float_format="%.6g"))
     metrics["selection"] = {m: {"seed": res["seed"], "predicted_ppr": res["selection_ppr"],
                                 "restarts_predicted_ppr": res["restart_pprs"]} for m, res in trained.items()}
     _write(root, table, trained, metrics)
     return {**metrics, "registry": _track(root, params, trained, metrics, agent_file, predictor, ratios)}
+
+
+def _choose(root: Path, params: Params, rows: list[dict], predictor: Predictor, context: str) -> dict:
+    """The multi-fidelity final choice per static ratio, then refined on the true model (agent.refine);
+    every measurement of both in results/agent_choice.csv (refinement stages after the choice's)."""
+    a = params.agent
+
+    def ppl(row: dict, windows: int) -> float:
+        return judge(_plan_key(row), context, windows, str(root), params)["ppl_valid"]
+
+    choices, stages = V.choose(rows, a.validation.ppl_windows, list(zip(a.choice.windows, a.choice.survivors)), ppl)
+    choices, refined = refine_choices(choices, predictor, params,
+                                      lambda pol, r, w: ppl({"ratio": r, "policy": str(pol), "_policy": pol}, w))
+    stages += [{"ratio": x["ratio"], "stage": len(a.choice.windows) + x["generation"], "contender": "mutant",
+                "policy": x["policy"], "windows": x["windows"], "ppl_valid": x["ppl_valid"], "accepted": x["accepted"]}
+               for x in refined]
+    write_text_atomic(root / "results" / "agent_choice.csv", pd.DataFrame(stages).to_csv(index=False, float_format="%.6g"))
+    return choices
 
 
 def _plan_key(row: dict) -> dict:

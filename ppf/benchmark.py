@@ -59,8 +59,9 @@ def build(wb: Workbench, method: str, ratio: float, state: Any = None, compensat
                    "compensation_s": comp["seconds"] + comp.get("statistics_s", 0.0)}
 
 
-def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
-    """Test perplexity, zero-shot accuracy, parameters, speed and peak memory of ``model``."""
+def evaluate(wb: Workbench, model: torch.nn.Module, full: bool = True) -> dict[str, Any]:
+    """Test perplexity (+ JS on test windows) and, with ``full``, zero-shot accuracy, parameters, speed
+    and peak memory of ``model``."""
     b, ev = wb.params.benchmark, wb.params.eval
     start = time.perf_counter()
     test = wb.split_tokens("test")
@@ -71,6 +72,9 @@ def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
     out["js_test"] = 0.0 if model is wb.model else js_divergence(wb.model, model, js_tokens, ev.batch_size)
     if b.extra_corpus:
         out["ppl_extra"] = wb.perplexity(model, b.extra_corpus, b.max_windows)
+    out["params"] = int(sum(p.numel() for p in model.parameters()))
+    if not full:
+        return out | {"eval_s": time.perf_counter() - start, "nll_windows": [float(x) for x in nll]}
     zs = zero_shot(model, wb.tokenizer, wb.root / "data" / "tasks", limit=b.zero_shot_limit, registry=wb.params.tasks.lm_eval,
                    batch_size=max(ev.batch_size, 8))
     for task, r in zs.items():
@@ -78,16 +82,18 @@ def evaluate(wb: Workbench, model: torch.nn.Module) -> dict[str, Any]:
         out[f"zs_{task}_norm"] = r["acc_norm"]
         out[f"zs_{task}_stderr"] = r["acc_stderr"]
     s = speed(model, wb.tokenizer, b.speed_seqlen, b.speed_batch, b.new_tokens)
-    out |= {"params": int(sum(p.numel() for p in model.parameters())), "tokens_per_s": s["generate_tok_s"],
+    out |= {"tokens_per_s": s["generate_tok_s"],
             "prefill_tok_s": s["prefill_tok_s"], "weights_mb": s["weights_mb"], "peak_mem_mb": s["peak_mem_mb"],
             "eval_s": time.perf_counter() - start, "nll_windows": [float(x) for x in nll]}
     return out
 
 
 def cell(wb: Workbench, method: str, ratio: float, state: Any = None, compensation: str | None = None) -> dict[str, Any]:
-    """One benchmark row: the method's model at the ratio, built and measured."""
+    """One benchmark row: the method's model at the ratio, built and measured (a cell without its
+    configured compensation measures what ``benchmark.uncompensated`` says)."""
     model, info = build(wb, method, ratio, state, compensation)
-    row = {"method": method, "target_ratio": ratio, **info, **evaluate(wb, model)}
+    full = info["compensation"] == configured(wb.params.pruning, method) or wb.params.benchmark.uncompensated == "full"
+    row = {"method": method, "target_ratio": ratio, **info, **evaluate(wb, model, full)}
     del model
     return row
 

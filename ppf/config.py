@@ -29,15 +29,31 @@ class ModelParams(Section):
     device: str = Field("cpu", description="where the model runs: cpu, cuda, cuda:N")
 
 
+class GensimSource(Section):
+    """The gensim wheel: its test data is the default corpus (an English Wikipedia dump excerpt) and
+    the default zero-shot tasks (word analogies, review polarity); :mod:`ppf.data.gensim_wheel`."""
+
+    version: str = "4.4.0"
+    wheel: Path | None = Field(None, description="a local gensim wheel instead of downloading it")
+
+
 class BigBenchSource(Section):
-    """The bigbench sdist: source of the default corpus AND of the zero-shot tasks."""
+    """The bigbench sdist: an optional source of the corpus and of three zero-shot tasks (PyPI no
+    longer serves 1.0.0: a local copy or a mirror)."""
 
     version: str = "1.0.0"
     sdist: Path | None = Field(None, description="a local bigbench sdist instead of downloading it")
 
 
+class EnwikiCorpus(Section):
+    """English Wikipedia articles of the MediaWiki dump excerpt in the gensim wheel (offline, the default)."""
+
+    source: Literal["enwiki"] = "enwiki"
+    min_chars: int = Field(2000, ge=0, description="articles shorter than this (stubs, lists) are left out")
+
+
 class BigBenchCorpus(Section):
-    """Wikipedia articles of bigbench's ``paragraph_segmentation`` task (offline, the default)."""
+    """Wikipedia articles of bigbench's ``paragraph_segmentation`` task (a local bigbench 1.0.0 sdist)."""
 
     source: Literal["bigbench"] = "bigbench"
     language: str = "en"
@@ -61,12 +77,13 @@ class HFCorpus(Section):
     text_field: str = "text"
 
 
-Corpus = Annotated[BigBenchCorpus | FilesCorpus | HFCorpus, Field(discriminator="source")]
+Corpus = Annotated[EnwikiCorpus | BigBenchCorpus | FilesCorpus | HFCorpus, Field(discriminator="source")]
 
 
 class DataParams(Section):
+    gensim: GensimSource = Field(default_factory=GensimSource)
     bigbench: BigBenchSource = Field(default_factory=BigBenchSource)
-    corpus: Corpus = Field(default_factory=BigBenchCorpus)
+    corpus: Corpus = Field(default_factory=EnwikiCorpus)
     valid_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     split_seed: int = 0
@@ -180,7 +197,8 @@ class CollectParams(Section):
 
 
 class TasksParams(Section):
-    names: list[str] = ["goal_step_wikihow", "social_iqa", "hyperbaton"]
+    names: list[str] = Field(["analogy", "polarity"], description="local tasks: analogy, polarity (gensim wheel); "
+                             "goal_step_wikihow, social_iqa, hyperbaton (a bigbench 1.0.0 sdist)")
     lm_eval: list[str] = Field(default_factory=list, description="lm-eval registry tasks scored beside the local ones "
                                "(their datasets from the local HF cache or the hub), e.g. the paper's boolq, rte, "
                                "hellaswag, winogrande, arc_easy, arc_challenge, openbookqa")
@@ -271,6 +289,26 @@ class AgentChoice(Section):
         return self
 
 
+class AgentRefine(Section):
+    """Beyond the paper: the final choice refined on the TRUE model (:mod:`ppf.agent.refine`): per
+    generation ``proposals`` budget-preserving mutants of the current policy (one part changed, the
+    same target ratio), the ``offspring`` the predictor rates best judged on ``validation.ppl_windows``
+    valid windows, the best of those re-measured on the choice's last windows and kept only if better
+    there. ``generations: 0`` leaves the choice as it is."""
+
+    generations: int = Field(3, ge=0, description="(1 + lambda) steps per static ratio; 0 = off")
+    offspring: int = Field(4, gt=0, description="mutants judged on the true model per generation")
+    proposals: int = Field(16, gt=0, description="mutants drawn per generation; the predictor keeps `offspring`")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _screen(self) -> "AgentRefine":
+        if self.proposals < self.offspring:
+            raise ValueError(f"agent.refine.proposals ({self.proposals}) must be >= agent.refine.offspring "
+                             f"({self.offspring}): the predictor keeps the offspring out of the proposals")
+        return self
+
+
 class AgentParams(Section):
     """The DDPG agent (paper, "Implementation Details"): 150 episodes, window 5, noise 0.5 x 0.95."""
 
@@ -293,6 +331,7 @@ class AgentParams(Section):
                           "the best mean predicted reward over the mode's ratios is kept")
     validation: AgentValidation = Field(default_factory=AgentValidation)
     choice: AgentChoice = Field(default_factory=AgentChoice)
+    refine: AgentRefine = Field(default_factory=AgentRefine)
 
     @model_validator(mode="after")
     def _choice_after_validation(self) -> "AgentParams":
@@ -347,6 +386,9 @@ class BenchmarkParams(Section):
                                              "unpruned (its LLaMA-7B default: layers 4..29 of 32 pruned)")
     blockpruner: BlockPrunerParams = Field(default_factory=BlockPrunerParams)
     js_windows: int = Field(4, gt=0, description="test windows (of eval.seqlen) for JS(dense || pruned) on the test split")
+    uncompensated: Literal["ppl", "full"] = Field("ppl", description="what the cells without compensation (the "
+                                                  "paper-comparable setting) measure: ppl (test perplexity and JS; "
+                                                  "speed and memory are those of the compensated model) or full")
     bootstrap: int = Field(2000, ge=100, description="paired bootstrap draws over the test windows (95 % intervals)")
     register_models: bool = Field(True, description="log + register the PPF-pruned models in MLflow")
 
@@ -437,7 +479,7 @@ def _describe(err: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
     # A discriminated union puts the chosen tag in the path ("corpus.bigbench.sdist"): keep it
     # out of the key the user has to look for.
-    where = where.replace(".bigbench.", ".").replace(".files.", ".").replace(".hf.", ".")
+    where = where.replace(".enwiki.", ".").replace(".bigbench.", ".").replace(".files.", ".").replace(".hf.", ".")
     if err["type"] == "extra_forbidden":
         return f"unknown key '{where}' (remove it or check its spelling)"
     if err["type"] == "missing":

@@ -97,7 +97,8 @@ TINY_PIPELINE = {
     "agent": {"dynamic": [0.2, 0.4], "static": [0.3], "episodes": 4, "window": 2, "learning_starts": 2,
               "batch_size": 4, "gradient_steps": 2, "net_arch": [8],
               "validation": {"n_ratios": 3, "ppl_windows": 1, "grid_step": 0.25},
-              "choice": {"windows": [2], "survivors": [2]}},
+              "choice": {"windows": [2], "survivors": [2]},
+              "refine": {"generations": 1, "offspring": 2, "proposals": 4}},
     "search": {"budget": 20, "top_k": 2},
     "active": {"rounds": 2, "k": 1, "budget": 30},
 }
@@ -146,9 +147,9 @@ def subprocess_env(**extra: str) -> dict:
     return env
 
 
-def git_project(dest: Path, sdist: Path, profile: str = "tiny") -> Path:
+def git_project(dest: Path, wheel: Path, profile: str = "tiny") -> Path:
     """A fresh git + DVC checkout of this repository's tracked sources at ``dest``, with ``profile``
-    applied and the bigbench data taken from ``sdist``; its DVC remote is ``dest``/../remote."""
+    applied and the default data taken from the gensim-like ``wheel``; its DVC remote is ``dest``/../remote."""
     import shutil
     import subprocess
 
@@ -165,7 +166,8 @@ def git_project(dest: Path, sdist: Path, profile: str = "tiny") -> Path:
             shutil.copy2(repo / f, dest / f)
     profiles.apply(dest / "params.yaml", profile)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["data"]["bigbench"]["sdist"] = str(sdist)
+    params["data"]["gensim"]["wheel"] = str(wheel)
+    params["data"]["corpus"]["min_chars"] = 200  # the synthetic articles are short
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = subprocess_env()
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):

@@ -1,23 +1,21 @@
-"""The BIG-bench source distribution: the one download every dataset in ppf comes from.
+"""The BIG-bench source distribution: an optional source of the corpus and of three zero-shot tasks.
 
-The ``bigbench`` sdist on PyPI carries every task's ``task.json``, so the corpus and the zero-shot
-tasks need nothing but the package index (no dataset hub, no git LFS). It is 358 MB, so it is
-downloaded once into the shared cache (:func:`ppf.paths.cache_dir`) and then read as a stream:
+The ``bigbench`` 1.0.0 sdist carries every task's ``task.json``, so the corpus and the zero-shot
+tasks need no dataset hub. PyPI no longer serves it (only 0.0.1, without task data), so ppf's
+default data now comes from the gensim wheel (:mod:`ppf.data.gensim_wheel`); with a local copy
+(``data.bigbench.sdist``) or a mirror that has it, ``data.corpus.source: bigbench`` and the tasks
+goal_step_wikihow / social_iqa / hyperbaton work as before. It is 358 MB, so it is downloaded once into the shared cache (:func:`ppf.paths.cache_dir`) and then read as a stream:
 one pass over the tar pulls out every ``task.json`` a stage needs, without unpacking the rest.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 from ppf.errors import PPFError
-from ppf.paths import cache_dir
+from ppf.data.download import local_or_download
 
 TASKS_PREFIX = "bigbench/benchmark_tasks/"
 
@@ -30,35 +28,9 @@ def fetch_sdist(version: str = "1.0.0", sdist: Path | None = None) -> Path:
     package's own client, so proxies and mirrors configured for pip just work) into a temp
     directory beside the cache entry and moved into place only when complete.
     """
-    if sdist is not None:
-        path = Path(sdist).expanduser()
-        if not path.is_file():
-            raise PPFError(f"corpus.sdist {str(path)!r} does not exist; point it at a downloaded "
-                           f"bigbench-{version}.tar.gz or remove it to download automatically")
-        return path
-    downloads = cache_dir() / "downloads"
-    target = downloads / f"bigbench-{version}.tar.gz"
-    if target.is_file():
-        return target
-    downloads.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=downloads, prefix=".bigbench-"))
-    try:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"bigbench=={version}", "-d", str(tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = tmp / target.name
-        if proc.returncode != 0 or not got.is_file():
-            lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines()]
-            errors = [ln for ln in lines if ln.startswith("ERROR:")] or [ln for ln in lines if ln]
-            why = errors[0].removeprefix("ERROR:").strip() if errors else f"exit {proc.returncode}"
-            raise PPFError(f"pip download of bigbench=={version} failed ({why}); use pip<=26.2.1 "
-                           f"(newer pip refuses its direct-URL dependencies), or download "
-                           f"bigbench-{version}.tar.gz yourself and set corpus.sdist in "
-                           f"params.yaml")
-        got.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return local_or_download("bigbench", version, False, "corpus.sdist", sdist,
+                             hint="; use pip<=26.2.1 (newer pip refuses its direct-URL dependencies); PyPI itself "
+                                  "serves only bigbench 0.0.1 since 2026 (ppf's default data is the gensim wheel's)")
 
 
 def read_task_jsons(sdist: Path, task_paths: list[str]) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""Zero-shot multiple-choice tasks, built from BIG-bench JSON into lm-eval task files.
+"""Zero-shot multiple-choice tasks, built from real data into lm-eval task files.
 
 Each task becomes ``<name>.jsonl`` (records ``{"query", "choices", "gold"}``, a seeded subsample)
 and ``<name>.yaml`` (an lm-eval ``multiple_choice`` task named ``ppf_<name>``). The prompt format
@@ -11,7 +11,15 @@ resolves relative paths against the cwd, so :func:`lm_eval_include_dir` renders 
 just before an evaluation.
 
 Tasks, with formats chosen so that SmolLM2-135M scores clearly above chance (so pruning damage
-is measurable); figures are acc / acc_norm on a 200-example subsample (seed 0):
+is measurable). The default two come from the gensim wheel's test data (:mod:`ppf.data.gensim_wheel`):
+
+- ``analogy``: the Google word-analogy set, ``A is to B as C is to`` + `` <choice>``, the answer
+  among 4 answers of the same category (the other 3 drawn with a seed per question; chance 0.25);
+- ``polarity``: Pang & Lee's movie-review sentences, ``Review: <text>\nSentiment:`` + ``
+  negative`` / `` positive`` (chance 0.5).
+
+The three earlier defaults come from the bigbench 1.0.0 sdist (a local copy now: PyPI no longer
+serves it); figures are acc / acc_norm on a 200-example subsample (seed 0):
 
 - ``goal_step_wikihow``: the ``goal_inference`` and ``step_inference`` subtasks (4-way, chance
   0.25): 0.485 / 0.380. The third subtask, ``step_ordering`` (2-way "which step first?"), is
@@ -30,6 +38,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -83,15 +92,60 @@ def _hyperbaton(jsons: dict[str, dict]) -> list[Record]:
     return records
 
 
+def _analogy(files: dict[str, bytes]) -> list[Record]:
+    """``A is to B as C is to`` + `` <choice>``: the answer and 3 other answers of its category, in a
+    seeded order (one seed per question, so a subsample does not change the others)."""
+    records, category, answers = [], None, {}
+    questions = []
+    for line in files["questions-words.txt"].decode("utf-8").splitlines():
+        if line.startswith(":"):
+            category = line[1:].strip()
+        elif line.strip():
+            words = line.split()
+            if len(words) != 4 or category is None:
+                raise PPFError(f"analogy line {line!r} is not 'A B C D' under a ': category' line; use the gensim "
+                               "4.4.0 wheel's questions-words.txt")
+            questions.append((category, words))
+            answers.setdefault(category, []).append(words[3])
+    for i, (category, (a, b, c, d)) in enumerate(questions):
+        rng = random.Random(f"analogy:{i}")
+        pool = sorted({w for w in answers[category] if w not in (a, b, c, d)})
+        if not pool:  # a category with one answer: nothing to choose from
+            continue
+        choices = rng.sample(pool, min(3, len(pool))) + [d]
+        rng.shuffle(choices)
+        records.append({"query": f"{a} is to {b} as {c} is to", "choices": choices, "gold": choices.index(d)})
+    return records
+
+
+def _polarity(files: dict[str, bytes]) -> list[Record]:
+    """``Review: <sentence>\nSentiment:`` + `` negative`` / `` positive``."""
+    records = []
+    for line in files["pang_lee_polarity.cor"].decode("cp1252", errors="replace").splitlines():  # not UTF-8
+        label, _, text = line.strip().partition(" ")
+        if not text:
+            continue
+        if label not in ("__label__neg", "__label__pos"):
+            raise PPFError(f"polarity line {line[:60]!r} does not start with __label__neg / __label__pos")
+        records.append({"query": f"Review: {text.strip()}\nSentiment:", "choices": ["negative", "positive"],
+                        "gold": int(label == "__label__pos")})
+    return records
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """Where a task's data lives in bigbench and how to turn it into records."""
+    """Where a task's data lives and how to turn it into records: ``origin`` ``bigbench`` (``sources``
+    are task.json paths in the sdist, read as parsed JSON) or ``gensim`` (test-data files in the
+    gensim wheel, read as bytes)."""
 
     sources: list[str]
-    to_records: Callable[[dict[str, dict]], list[Record]]
+    to_records: Callable[[dict], list[Record]]
+    origin: str = "bigbench"
 
 
 TASKS: dict[str, TaskSpec] = {
+    "analogy": TaskSpec(["questions-words.txt"], _analogy, "gensim"),
+    "polarity": TaskSpec(["pang_lee_polarity.cor"], _polarity, "gensim"),
     "goal_step_wikihow": TaskSpec(["goal_step_wikihow/goal_inference",
                                    "goal_step_wikihow/step_inference"], _goal_step_wikihow),
     "social_iqa": TaskSpec(["social_iqa"], _social_iqa),
@@ -126,7 +180,12 @@ def _task_yaml(name: str, data_file: str) -> str:
     return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
-def build_tasks(task_jsons: dict[str, dict], names: list[str], limit: int | None, seed: int,
+def sources(names: list[str], origin: str) -> list[str]:
+    """The ``origin`` sources (bigbench task paths, gensim file names) the tasks ``names`` read."""
+    return sorted({p for n in names if TASKS[n].origin == origin for p in TASKS[n].sources})
+
+
+def build_tasks(task_jsons: dict[str, Any], names: list[str], limit: int | None, seed: int,
                 out_dir: Path) -> dict[str, int]:
     """Write ``<name>.jsonl`` + ``<name>.yaml`` per task; return the number of examples of each.
 
@@ -142,8 +201,8 @@ def build_tasks(task_jsons: dict[str, dict], names: list[str], limit: int | None
     for name in names:
         missing = [s for s in TASKS[name].sources if s not in task_jsons]
         if missing:
-            raise PPFError(f"task {name!r} needs bigbench task {missing[0]!r}, which was not "
-                           f"read; read TASK_SOURCES[{name!r}] from the sdist")
+            raise PPFError(f"task {name!r} needs {TASKS[name].origin} source {missing[0]!r}, which was not "
+                           f"read; read TASK_SOURCES[{name!r}] first")
         records = TASKS[name].to_records(task_jsons)
         if limit is not None and limit < len(records):
             keep = sorted(random.Random(seed).sample(range(len(records)), limit))

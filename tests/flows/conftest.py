@@ -53,17 +53,50 @@ def build_sdist(path: Path, n_articles: int = 30) -> Path:
     return path
 
 
+def build_wheel(path: Path, n_articles: int = 30) -> Path:
+    """A small gensim-like wheel with the default data's members: a MediaWiki XML dump of English
+    articles in the tiny test vocabulary (with markup, a redirect and a talk page to skip), word
+    analogies and polarity sentences."""
+    import bz2
+    import zipfile
+    from xml.sax.saxutils import escape
+
+    pages = ['<page><title>Redirect</title><ns>0</ns><redirect title="A0"/><revision><text>#REDIRECT [[A0]]</text>'
+             '</revision></page>', '<page><title>Talk:A0</title><ns>1</ns><revision><text>talk</text></revision></page>']
+    for a in range(n_articles):
+        paragraphs = [" + make_text(2, seed=a) +  [[link|" + make_text(3, seed=a + 7) + "]] "
+                      + " ".join(make_text(12, seed=a * 100 + s) + " ." for s in range(p * 5, p * 5 + 5))
+                      + "<ref>a reference</ref> {{cite|x}}" for p in range(4)]
+        pages.append(f"<page><title>A{a}</title><ns>0</ns><revision><text>{escape(chr(10).join(paragraphs))}</text>"
+                     "</revision></page>")
+    dump = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">' + "".join(pages) + "</mediawiki>").encode()
+    words = make_text(40, seed=5).split()
+    analogies = "".join(f": cat{c}\n" + "".join(f"{' '.join(words[(c * 10 + i + j) % 40] for j in range(4))}\n"
+                                                for i in range(6)) for c in range(2))
+    polarity = "".join(f"__label__{'pos' if i % 2 else 'neg'} {make_text(8, seed=300 + i)} .\n" for i in range(12))
+    from ppf.data.gensim_wheel import ANALOGY, POLARITY, TEST_DATA, WIKI_DUMP
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("gensim/__init__.py", "")
+        z.writestr(TEST_DATA + WIKI_DUMP, bz2.compress(dump))
+        z.writestr(TEST_DATA + ANALOGY, analogies.encode())
+        z.writestr(TEST_DATA + POLARITY, polarity.encode("cp1252"))
+    return path
+
+
 @pytest.fixture
 def tiny_project(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    """A project directory whose params point at a tiny model and a synthetic sdist."""
+    """A project directory whose params point at a tiny model and a synthetic gensim wheel (the default
+    data: the Wikipedia dump corpus, the analogy and polarity tasks)."""
     import yaml
 
     root = tmp_path / "project"
     root.mkdir()
-    sdist = build_sdist(tmp_path / "bigbench-1.0.0.tar.gz")
+    wheel = build_wheel(tmp_path / "gensim-4.4.0-py3-none-any.whl")
     params = {
         "model": {"name": str(tiny_model_dir)},
-        "data": {"bigbench": {"sdist": str(sdist)}, "valid_fraction": 0.2, "test_fraction": 0.2},
+        "data": {"gensim": {"wheel": str(wheel)}, "corpus": {"source": "enwiki", "min_chars": 200},
+                 "valid_fraction": 0.2, "test_fraction": 0.2},
         "calibration": {"n_samples": 4, "seqlen": 16},
         "js": {"n_samples": 2, "seqlen": 16},
         "tasks": {"limit": 5},

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from tiny import git_project, subprocess_env
 
-from conftest import build_sdist
+from conftest import build_wheel
 
 
 def _free_port() -> int:
@@ -50,7 +50,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_deployments_are_served_and_a_triggered_run_completes(tmp_path, tiny_model_cache):
-    root = git_project(tmp_path / "project", build_sdist(tmp_path / "bigbench-1.0.0.tar.gz"))
+    root = git_project(tmp_path / "project", build_wheel(tmp_path / "gensim-4.4.0-py3-none-any.whl"))
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = subprocess_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PPF_CACHE_DIR=str(tiny_model_cache),

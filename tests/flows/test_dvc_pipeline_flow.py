@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tiny import git_project, subprocess_env
 
-from conftest import build_sdist
+from conftest import build_wheel
 
 STAGES = ["prepare", "dense_eval", "importance", "collect", "train_predictor", "active", "train_agent", "benchmark"]
 OUTS = ["data/masks/samples.parquet", "models/predictor/predictor.safetensors", "data/active/rows.parquet",
@@ -43,7 +43,7 @@ def project(tmp_path_factory, prefect_harness, tiny_model_cache):
     from prefect.settings import PREFECT_API_URL
 
     base = tmp_path_factory.mktemp("dvc")
-    root = git_project(base / "project", build_sdist(base / "bigbench-1.0.0.tar.gz"))
+    root = git_project(base / "project", build_wheel(base / "gensim-4.4.0-py3-none-any.whl"))
     env = subprocess_env(PREFECT_API_URL=PREFECT_API_URL.value(), PPF_CACHE_DIR=str(tiny_model_cache))
     start = time.perf_counter()
     out = dvc(root, env, "repro").stdout

@@ -12,11 +12,11 @@ import time
 import pandas as pd
 from tiny import git_project, subprocess_env
 
-from conftest import build_sdist
+from conftest import build_wheel
 
 
 def test_ctrl_c_stops_at_once_and_the_rerun_resumes(tmp_path, tiny_model_cache):
-    root = git_project(tmp_path / "project", build_sdist(tmp_path / "bigbench-1.0.0.tar.gz"))
+    root = git_project(tmp_path / "project", build_wheel(tmp_path / "gensim-4.4.0-py3-none-any.whl"))
     env = subprocess_env(PPF_CACHE_DIR=str(tiny_model_cache))  # no PREFECT_API_URL: a temporary server per flow
     subprocess.run(["dvc", "repro", "importance"], cwd=root, env=env, check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen(["dvc", "repro", "collect"], cwd=root, env=env, text=True, start_new_session=True,

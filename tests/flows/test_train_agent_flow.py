@@ -70,7 +70,17 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
     assert len(last) == 2 and (last.windows == 2).all()
     assert set(last.contender) == set(first.nsmallest(2, "ppl_valid").contender)
     chosen = metrics["choice"]["0.3"]
-    assert chosen["contender"] == last.loc[last.ppl_valid.idxmin()].contender and chosen["windows"] == 2
+    best = last.loc[last.ppl_valid.idxmin()]
+    assert chosen["refined_from"] == best.policy and chosen["refined_from_ppl_valid"] == pytest.approx(best.ppl_valid, rel=1e-5)
+    # then refined (agent.refine, tiny: 1 generation, 2 of 4 mutants judged on 1 window, the better on 2)
+    refine = stages[stages.stage == 2]
+    assert (refine.contender == "mutant").all() and sorted(refine.windows) == [1, 1, 2]
+    assert not set(refine.policy) & {best.policy}
+    top = refine[refine.windows == 2].iloc[0]
+    assert bool(top.accepted) == (top.ppl_valid < best.ppl_valid)
+    assert chosen["ppl_valid"] == pytest.approx(min(best.ppl_valid, top.ppl_valid), rel=1e-5) and chosen["windows"] == 2
+    assert chosen["contender"] == ("refined" if top.accepted else best.contender)
+    assert chosen["policy"] == (top.policy if top.accepted else best.policy)
     from ppf.agent import Agents
 
     assert Agents.load(agent_project / "models" / "agent").choice(0.3) == chosen

@@ -21,7 +21,7 @@ from ppf.io import write_text_atomic as atomic_write_text
 from ppf.data.bigbench import fetch_sdist, read_task_jsons
 from ppf.data.corpus import (calibration_batch, detect_language, load_hf_corpus, read_text_files,
                              split_articles, tokenize_text, wikipedia_articles)
-from ppf.data.tasks import TASK_SOURCES, build_tasks, lm_eval_include_dir, read_records
+from ppf.data.tasks import TASK_SOURCES, build_tasks, lm_eval_include_dir, read_records, sources
 from ppf.errors import PPFError
 
 EN = ["The cat was on the mat.\nIt is a cat of the house.\nThe house is in the city.\n",
@@ -280,8 +280,117 @@ def test_calibration_batch_rejects_a_short_stream():
 
 
 def test_task_sources_are_in_the_sdist(sdist):
-    paths = sorted({p for ps in TASK_SOURCES.values() for p in ps})
+    paths = sources(list(TASK_SOURCES), "bigbench")
     assert set(read_task_jsons(sdist, paths)) == set(paths)
+
+
+# --- the gensim wheel (the default data) ------------------------------------------------------
+
+ANALOGIES = b""": capital
+Athens Greece Baghdad Iraq
+Athens Greece Bangkok Thailand
+Athens Greece Beijing China
+Athens Greece Berlin Germany
+Athens Greece Bern Switzerland
+Athens Greece Cairo Egypt
+: one-answer
+big bigger small smaller
+"""
+
+
+def _wheel(tmp_path, members):
+    import zipfile
+
+    from ppf.data.gensim_wheel import TEST_DATA
+
+    path = tmp_path / "gensim-4.4.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(TEST_DATA + name, data)
+    return path
+
+
+def test_the_analogy_task_asks_for_the_fourth_word_among_its_category(tmp_path):
+    from ppf.data.gensim_wheel import read_members
+
+    files = read_members(_wheel(tmp_path, {"questions-words.txt": ANALOGIES}), ["questions-words.txt"])
+    counts = build_tasks(files, ["analogy"], limit=None, seed=0, out_dir=tmp_path / "t")
+    records = read_records(tmp_path / "t", "analogy")
+    assert counts == {"analogy": 6} and len(records) == 6  # the one-answer category has no distractor: skipped
+    first = records[0]
+    assert first["query"] == "Athens is to Greece as Baghdad is to" and first["choices"][first["gold"]] == "Iraq"
+    assert len(first["choices"]) == 4 and len(set(first["choices"])) == 4
+    assert set(first["choices"]) <= {"Iraq", "Thailand", "China", "Germany", "Switzerland", "Egypt"}
+    build_tasks(files, ["analogy"], limit=None, seed=0, out_dir=tmp_path / "again")
+    assert read_records(tmp_path / "again", "analogy") == records  # seeded per question
+
+
+def test_the_polarity_task_reads_labelled_cp1252_sentences(tmp_path):
+    from ppf.data.gensim_wheel import read_members
+
+    text = "__label__neg dull \u2014 tedious .\n__label__pos a delight .\n\n".encode("cp1252")
+    files = read_members(_wheel(tmp_path, {"pang_lee_polarity.cor": text}), ["pang_lee_polarity.cor"])
+    build_tasks(files, ["polarity"], limit=None, seed=0, out_dir=tmp_path)
+    assert read_records(tmp_path, "polarity") == [
+        {"query": "Review: dull \u2014 tedious .\nSentiment:", "choices": ["negative", "positive"], "gold": 0},
+        {"query": "Review: a delight .\nSentiment:", "choices": ["negative", "positive"], "gold": 1}]
+    bad = read_members(_wheel(tmp_path, {"pang_lee_polarity.cor": b"__label__meh odd .\n"}), ["pang_lee_polarity.cor"])
+    with pytest.raises(PPFError, match="__label__neg"):
+        build_tasks(bad, ["polarity"], limit=None, seed=0, out_dir=tmp_path / "bad")
+
+
+def test_a_wheel_without_the_member_or_a_broken_one_is_one_clear_error(tmp_path):
+    from ppf.data.gensim_wheel import fetch_wheel, read_members
+
+    with pytest.raises(PPFError, match="questions-words.txt"):
+        read_members(_wheel(tmp_path, {"other.txt": b"x"}), ["questions-words.txt"])
+    broken = tmp_path / "broken.whl"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(PPFError, match="cannot read the gensim wheel"):
+        read_members(broken, ["questions-words.txt"])
+    with pytest.raises(PPFError, match="data.gensim.wheel"):
+        fetch_wheel(wheel=tmp_path / "nope.whl")
+
+
+def test_fetch_wheel_downloads_the_wheel_once(monkeypatch):
+    from ppf.data.gensim_wheel import fetch_wheel
+
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append(cmd)
+        (Path(cmd[cmd.index("-d") + 1]) / "gensim-9.9-cp311-cp311-linux_x86_64.whl").write_bytes(b"wheel")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    path = fetch_wheel("9.9")
+    assert path.read_bytes() == b"wheel" and "gensim==9.9" in calls[0] and "--only-binary" in calls[0]
+    assert fetch_wheel("9.9") == path and len(calls) == 1
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no such version\n"))
+    with pytest.raises(PPFError, match=r"gensim==9\.8 failed \(no such version\).*data\.gensim\.wheel"):
+        fetch_wheel("9.8")
+
+
+def test_wikipedia_dump_articles_keep_prose_and_drop_markup_redirects_and_stubs():
+    from ppf.data.corpus import wikipedia_dump_articles
+
+    body = ("'''Albedo''' is the [[reflection|reflectivity]] of a surface.&lt;ref&gt;cite&lt;/ref&gt; {{Infobox|x=1}}\n"
+            "thumb|A caption that is markup residue\n[[Category:Physics]]\n\n\n\nIt is measured from 0 to 1. ") * 3
+    xml = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">'
+           f"<page><title>Albedo</title><ns>0</ns><revision><text>{body}</text></revision></page>"
+           '<page><title>Old</title><ns>0</ns><redirect title="Albedo"/><revision><text>#REDIRECT [[Albedo]]'
+           + "x" * 300 + "</text></revision></page>"
+           "<page><title>Talk:Albedo</title><ns>1</ns><revision><text>" + "talk " * 100 + "</text></revision></page>"
+           "<page><title>Stub</title><ns>0</ns><revision><text>short</text></revision></page></mediawiki>").encode()
+    articles = wikipedia_dump_articles(xml, min_chars=100)
+    assert len(articles) == 1
+    text = articles[0]
+    assert text.startswith("Albedo is the reflectivity of a surface.") and "It is measured from 0 to 1." in text
+    assert not any(x in text for x in ("[[", "<ref>", "{{", "thumb|", "Category", "\n\n\n"))
+    with pytest.raises(PPFError, match="no article"):
+        wikipedia_dump_articles(xml, min_chars=10_000)
+    with pytest.raises(PPFError, match="not valid MediaWiki XML"):
+        wikipedia_dump_articles(b"<mediawiki><page>")
 
 
 def test_build_tasks_writes_jsonl_and_relocatable_yaml(tmp_path):

@@ -1,0 +1,145 @@
+"""Beyond the paper: the final choice refined on the TRUE model by budget-preserving mutations.
+
+The final choice (:func:`ppf.agent.validation.choose`) picks the best of a handful of contenders;
+nothing looks at the policies next to it. EvoPress / Týr-the-Pruner / DarwinLM search allocations
+with mutations that keep the compression budget and multi-fidelity selection; this is that idea
+over ppf's policy space, in a (1 + λ) form sized for a CPU:
+
+- a mutant changes ONE part of the parent policy (a_eta, the importance method, the normalisation,
+  a protected edge layer, the depth, the attention share: :func:`mutate`) and is made
+  :func:`~ppf.policy.feasible` at the SAME target ratio — the planner then meets that ratio exactly
+  (± ``pruning.tolerance``), so every mutant spends the same budget;
+- per generation, ``proposals`` distinct mutants are drawn, the predictor keeps the ``offspring``
+  it rates best (a millisecond screen; it never decides), and those are pruned for real and
+  measured on few valid windows (low fidelity);
+- the best of them is re-measured on the choice's last, larger valid budget and replaces the parent
+  only if it is better THERE (high fidelity), so a mutant that was lucky on few tokens does not win.
+
+Only the valid split is used; the test split stays for the benchmark.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ppf.agent.env import AGENT_METHODS
+from ppf.plan import DenseShape
+from ppf.policy import A_ETA_MAX, Policy, feasible
+
+PARTS = ("a_eta", "method", "norm", "first", "last", "depth", "split")
+
+
+def mutate(policy: Policy, rng: random.Random, shape: DenseShape, methods: Sequence[str] = AGENT_METHODS,
+           step: float = 0.05) -> Policy:
+    """``policy`` with one part changed at random (the result may equal ``policy``; the caller skips it)."""
+    p, part = policy, rng.choice(PARTS)
+    if part == "a_eta" or (part in ("method", "norm") and p.method == "uniform"):
+        if p.method == "uniform":  # uniform has no a_eta: follow some importance a little
+            return replace(p, method=rng.choice(list(methods)), a_eta=round(rng.uniform(0.0, step), 6))
+        return replace(p, a_eta=round(min(A_ETA_MAX, max(0.0, p.a_eta + rng.gauss(0.0, step))), 6))
+    if part == "method":
+        return replace(p, method=rng.choice([m for m in (*methods, "uniform") if m != p.method]))
+    if part == "norm":
+        return replace(p, norm="rank" if p.norm == "minmax" else "minmax")
+    if part in ("first", "last"):
+        value = max(0, getattr(p, part) + rng.choice((-1, 1)))
+        return p if p.first + p.last - getattr(p, part) + value >= shape.n_layers - 1 else replace(p, **{part: value})
+    if part == "depth":
+        return replace(p, depth=max(0, p.depth + rng.choice((-1, 1))))
+    # the attention share: none (the layer's own ratio) <-> a share <-> LLM-Pruner's whole KV groups
+    if p.split is None or p.split == "groups":
+        choices = [x for x in (None, "groups", round(rng.uniform(0.0, 0.5), 3)) if x != p.split]
+        return replace(p, split=rng.choice(choices))
+    return replace(p, split=round(min(1.0, max(0.0, p.split + rng.gauss(0.0, step))), 3))
+
+
+def mutants(parent: Policy, ratio: float, n: int, rng: random.Random, shape: DenseShape, max_layer_ratio: float,
+            block_order: Sequence[Sequence[Any]] | None, seen: set, methods: Sequence[str] = AGENT_METHODS,
+            tries: int = 50, key: Callable[[Policy], Any] = str) -> list[Policy]:
+    """Up to ``n`` feasible mutants of ``parent`` at ``ratio`` whose ``key`` (the policy text, or what the
+    caller says makes two policies the same, e.g. their plan) is not in ``seen`` (updated)."""
+    out: list[Policy] = []
+    seen.add(key(parent))
+    for _ in range(tries * n):
+        if len(out) == n:
+            break
+        child = feasible(mutate(parent, rng, shape, methods), ratio, shape, max_layer_ratio, block_order=block_order)
+        k = key(child)
+        if k not in seen:
+            seen.add(k)
+            out.append(child)
+    return out
+
+
+def refine(start: Policy, start_ppl: float, ratio: float, *, propose: Callable[[Policy, random.Random], list[Policy]],
+           screen: Callable[[list[Policy]], list[Policy]], measure: Callable[[Policy, int], float],
+           low: int, high: int, generations: int, seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The (1 + λ) refinement of ``start`` (whose valid perplexity on ``high`` windows is ``start_ppl``).
+
+    Per generation: ``propose(parent, rng)`` draws mutants, ``screen`` keeps the offspring to judge,
+    ``measure(policy, low)`` judges each, and the best is re-measured with ``measure(policy, high)``;
+    it becomes the parent only if that beats the parent's ``high`` figure. Returns ({policy, ppl_valid,
+    windows, improved, generations}, one record per measurement)."""
+    rng = random.Random(f"{seed}:{ratio:.4f}")
+    parent, parent_ppl, log = start, float(start_ppl), []
+    for g in range(1, generations + 1):
+        offspring = screen(propose(parent, rng))
+        if not offspring:
+            break
+        scored = sorted(((measure(c, low), str(c), c) for c in offspring), key=lambda t: (t[0], t[1]))
+        log += [{"generation": g, "policy": text, "windows": low, "ppl_valid": ppl, "accepted": False}
+                for ppl, text, _ in scored]
+        best_low, text, best = scored[0]
+        best_ppl = measure(best, high)
+        accepted = best_ppl < parent_ppl
+        log.append({"generation": g, "policy": text, "windows": high, "ppl_valid": best_ppl, "accepted": accepted})
+        if accepted:
+            parent, parent_ppl = best, best_ppl
+    return ({"policy": str(parent), "ppl_valid": parent_ppl, "windows": high, "improved": parent != start,
+             "generations": generations}, log)
+
+
+def refine_choices(choices: dict[str, dict[str, Any]], predictor: Any, params: Any,
+                   measure: Callable[[Policy, float, int], float]) -> tuple[dict[str, dict[str, Any]], list[dict]]:
+    """Every static ratio's final choice refined (:func:`refine`, ``agent.refine``): mutants screened by
+    ``predictor`` (lowest predicted signal per actual ratio), judged by ``measure(policy, ratio, windows)``
+    (valid perplexity) on ``agent.validation.ppl_windows``, the best re-measured on the choice's windows.
+    Returns (the choices, each with ``refined_from`` / ``refined_from_ppl_valid`` and, when a mutant won,
+    ``contender: refined``; one record per measurement with its ratio)."""
+    a = params.agent
+    cfg, planner = a.refine, predictor.planner
+    if cfg.generations == 0:
+        return choices, []
+    methods = [m for m in AGENT_METHODS if m in planner.layer_scores]
+    out, log = {}, []
+    for key, c in choices.items():
+        ratio, seen = float(key), set()
+
+        def plan_key(p: Policy, ratio: float = ratio) -> bytes:  # policies that plan alike are one candidate
+            return b"".join(np.asarray(m).tobytes() for m in planner.masks(p, ratio)[:3])
+
+        def propose(parent: Policy, rng: random.Random, ratio: float = ratio, seen: set = seen) -> list[Policy]:
+            return mutants(parent, ratio, cfg.proposals, rng, planner.shape, planner.max_layer_ratio,
+                           planner.block_order, seen, methods, key=plan_key)
+
+        def screen(policies: list[Policy], ratio: float = ratio) -> list[Policy]:
+            rated = []
+            for p in policies:
+                pred = predictor.predict(p, ratio)
+                rated.append((pred["score"] / pred["actual_ratio"], str(p), p))
+            return [p for _, _, p in sorted(rated, key=lambda t: (t[0], t[1]))[: cfg.offspring]]
+
+        best, records = refine(Policy.parse(c["policy"]), c["ppl_valid"], ratio, propose=propose, screen=screen,
+                               measure=lambda p, w, ratio=ratio: measure(p, ratio, w), low=a.validation.ppl_windows,
+                               high=c["windows"], generations=cfg.generations, seed=cfg.seed)
+        out[key] = {**c, "refined_from": c["policy"], "refined_from_ppl_valid": c["ppl_valid"],
+                    "policy": best["policy"], "ppl_valid": best["ppl_valid"]}
+        if best["improved"]:
+            out[key] |= {"contender": "refined", "refined_from_contender": c["contender"]}
+        log += [{"ratio": ratio, **r} for r in records]
+    return out, log
