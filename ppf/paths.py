@@ -1,6 +1,6 @@
 """Where ppf keeps things that outlive a project checkout.
 
-Downloads (the bigbench sdist) and converted base models live in one cache directory, shared by
+Downloads (the gensim wheel, a bigbench sdist) and converted base models live in one cache directory, shared by
 every clone on the machine, so a fresh clone or a CI run does not download or convert again.
 Override with ``PPF_CACHE_DIR``.
 """
