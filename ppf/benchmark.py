@@ -240,6 +240,11 @@ def summary(df: pd.DataFrame, ratios: list[float], comparisons: pd.DataFrame | N
     return out
 
 
+def _zs(value: float) -> str:
+    """A zero-shot cell: "–" where it was not measured (``benchmark.uncompensated: ppl``)."""
+    return "–" if pd.isna(value) else f"{value:.3f}"
+
+
 def table2(df: pd.DataFrame) -> str:
     """The results as the paper's Table 2: one row per method, per ratio its perplexity and zero-shot mean."""
     ratios = sorted(r for r in df.target_ratio.unique() if r > 0)
@@ -248,7 +253,7 @@ def table2(df: pd.DataFrame) -> str:
     dense = df[df.method == "dense"]
     if len(dense):
         d = dense.iloc[0]
-        lines.append("| dense | " + " | ".join(f"{d.ppl_test:.2f} | {d.zs_mean:.3f}" for _ in ratios) + " |")
+        lines.append("| dense | " + " | ".join(f"{d.ppl_test:.2f} | {_zs(d.zs_mean)}" for _ in ratios) + " |")
     for method in [m for m in METHODS if m != "dense" and m in set(df.method)]:
         row_cells = []
         for r in ratios:
@@ -257,7 +262,7 @@ def table2(df: pd.DataFrame) -> str:
                 x = row.iloc[0]
                 best_ppl = df[np.isclose(df.target_ratio, r)].ppl_test.min()
                 ppl = f"**{x.ppl_test:.2f}**" if x.ppl_test == best_ppl else f"{x.ppl_test:.2f}"
-                row_cells.append(f"{ppl} | {x.zs_mean:.3f}")
+                row_cells.append(f"{ppl} | {_zs(x.zs_mean)}")
             else:
                 row_cells.append("– | –")
         lines.append(f"| {method} | " + " | ".join(row_cells) + " |")
@@ -285,7 +290,9 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
         verdict = "**win**" if c.ppf_wins else "**loss**" if c.ppf_loses else "tie (interval includes 0)"
         lines.append(f"| {getattr(c, 'setting', 'configured')} | {c.target_ratio:g} | {c.method} | {c.ppl:.2f} | {c.ppf_ppl:.2f} | {c.ppf_vs_pct:+.1f} % | "
                      f"[{c.ppf_vs_ci_lo:+.1f}, {c.ppf_vs_ci_hi:+.1f}] % | {verdict} |")
-    lines += ["", "| ratio | PPF policy | PPF ppl | best baseline | its ppl | PPF vs best |", "|---|---|---|---|---|---|"]
+    lines += ["", "PPF vs the best baseline at each ratio (configured), as a perplexity REDUCTION: 1 − ppl_PPF / ppl_best "
+              "(+ = PPF lower; the paired table above has the opposite sign).", "",
+              "| ratio | PPF policy | PPF ppl | best baseline | its ppl | PPF's reduction vs best |", "|---|---|---|---|---|---|"]
     for r, e in summary.items():
         if r == "dense" or "ppf_ppl" not in e:
             continue

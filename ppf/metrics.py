@@ -88,13 +88,26 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, seqlen: int, batch_size: 
 # dense model, Q the pruned one. The dense side is the same for every policy, so it is computed
 # once (:func:`next_token_logprobs`) and reused; only the pruned model runs per evaluation.
 
+def js_kl_per_token(logp: torch.Tensor, logq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(JS(P || Q), KL(P || Q)) in nats per position from two log-probability tensors [..., vocab].
+
+    Expanded so that each vocabulary-sized pass is one fused op (exp, log, dot products over the
+    vocabulary): JS = ½ Σ p log p + ½ Σ q log q − Σ m log m, KL = Σ p log p − Σ p log q. A
+    probability that underflows to 0 contributes 0 (m is floored at 1e-30 before its log).
+    """
+    logp, logq = logp.float(), logq.float()
+    p, q = logp.exp(), logq.exp()
+    plogp, qlogq, plogq = (torch.linalg.vecdot(p, logp), torch.linalg.vecdot(q, logq),
+                           torch.linalg.vecdot(p, logq))
+    m = p.add_(q).mul_(0.5)  # p is not needed any more: M in its place
+    mlogm = torch.linalg.vecdot(m, m.clamp_min(1e-30).log_())
+    js = (0.5 * (plogp + qlogq) - mlogm).clamp_min(0.0)
+    return js, (plogp - plogq).clamp_min(0.0)
+
+
 def js_per_token(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """JS divergence (nats) per position from two log-probability tensors [..., vocab]."""
-    logp, logq = logp.float(), logq.float()
-    logm = torch.logaddexp(logp, logq) - math.log(2.0)
-    kl_pm = (logp.exp() * (logp - logm)).sum(-1)
-    kl_qm = (logq.exp() * (logq - logm)).sum(-1)
-    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
+    return js_kl_per_token(logp, logq)[0]
 
 
 @torch.no_grad()
@@ -138,9 +151,9 @@ def divergences(reference: torch.Tensor | nn.Module, model: nn.Module, tokens: t
         else:
             logp = next_token_logprobs(reference, batch, batch_size)
         logq = torch.log_softmax(model(batch.to(device), use_cache=False).logits.float(), dim=-1).cpu()
-        per = js_per_token(logp, logq)
+        per, per_kl = js_kl_per_token(logp, logq)
         js += per.double().sum().item()
-        kl += (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0).double().sum().item()
+        kl += per_kl.double().sum().item()
         nxt = batch[:, 1:].unsqueeze(-1)
         nll += (logp[:, :-1].gather(-1, nxt) - logq[:, :-1].gather(-1, nxt)).double().sum().item()
         count += per.numel()

@@ -118,3 +118,15 @@ def test_ppf_benchmark_command_resumes_from_finished_cells(bench_project, monkey
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2 and "unknown method 'magic'" in capsys.readouterr().err
+
+
+def test_table2_marks_unmeasured_zero_shot_with_a_dash():
+    from ppf.benchmark import table2
+
+    df = pd.DataFrame({"method": ["dense", "llm_pruner", "ppf"], "target_ratio": [0.0, 0.2, 0.2],
+                       "ppl_test": [20.0, 40.0, 35.0], "zs_mean": [0.8, float("nan"), 0.75]})
+    rows = table2(df).splitlines()
+    assert rows[2] == "| dense | 20.00 | 0.800 |"
+    assert rows[3] == "| llm_pruner | 40.00 | – |"
+    assert rows[4] == "| ppf | **35.00** | 0.750 |"
+    assert "nan" not in table2(df)
