@@ -62,6 +62,11 @@ def build(wb: Workbench, method: str, ratio: float, state: Any = None, compensat
 def evaluate(wb: Workbench, model: torch.nn.Module, full: bool = True) -> dict[str, Any]:
     """Test perplexity (+ JS on test windows) and, with ``full``, zero-shot accuracy, parameters, speed
     and peak memory of ``model``."""
+    with wb.forwards():
+        return _evaluate(wb, model, full)
+
+
+def _evaluate(wb: Workbench, model: torch.nn.Module, full: bool) -> dict[str, Any]:
     b, ev = wb.params.benchmark, wb.params.eval
     start = time.perf_counter()
     test = wb.split_tokens("test")

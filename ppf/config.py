@@ -222,6 +222,10 @@ class EvalParams(Section):
     batch_size: int = Field(4, gt=0)
     max_windows: int | None = Field(64, gt=0, description="perplexity windows per split (None = all)")
     zero_shot_limit: int | None = Field(200, gt=0, description="examples per task for lm-eval")
+    matmul_precision: Literal["ieee", "bf16"] = Field(
+        "ieee", description="fp32 matrix products of every evaluation forward (perplexity, JS, zero-shot, speed, "
+        "BlockPruner's search): ieee = exact fp32; bf16 = bf16 products with fp32 sums on a CPU with bf16 units "
+        "(AMX / AVX512-BF16), exact fp32 elsewhere. Pruning, importance and compensation always run in ieee")
 
 
 class PredictorParams(Section):

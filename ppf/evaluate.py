@@ -22,7 +22,7 @@ from ppf.checkpoint import load_model
 from ppf.data.corpus import tokenize_text
 from ppf.data.tasks import lm_eval_include_dir
 from ppf.errors import PPFError
-from ppf.metrics import perplexity
+from ppf.metrics import matmul_precision, perplexity
 from ppf.workbench import Workbench
 
 
@@ -191,8 +191,15 @@ def evaluate_model(model_ref: str, root: Path, params, splits: list[str] = ("val
 
     ``model_ref`` is a base model name/path or a pruned ppf checkpoint; ``params`` the validated
     params.yaml (its ``eval`` and ``js`` sections are used). Splits and tasks come from the prepared
-    ``root/data``. Returns a JSON-able dict (the shape of metrics/dense.json).
+    ``root/data``. Returns a JSON-able dict (the shape of metrics/dense.json). Forwards run in
+    ``eval.matmul_precision``.
     """
+    with matmul_precision(params.eval.matmul_precision):
+        return _evaluate_model(model_ref, root, params, splits, zero_shot_tasks, base)
+
+
+def _evaluate_model(model_ref: str, root: Path, params, splits: list[str], zero_shot_tasks: bool,
+                    base: str | None) -> dict:
     start = time.perf_counter()
     ev = params.eval
     corpus = Path(root) / "data" / "corpus"

@@ -13,12 +13,69 @@ never exceeds [seqlen, vocab].
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ppf.errors import PPFError
+
+
+def bf16_matmul_supported() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX / AVX512-BF16), as oneDNN reports it."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """Inside: fp32 matrix products on the CPU as ``precision`` says (``eval.matmul_precision``).
+
+    ``ieee`` is exact fp32; ``bf16`` lets oneDNN round the factors to bf16 and sum in fp32 (about 2x
+    faster forwards on a CPU with bf16 units; on SmolLM2 dense valid perplexity 23.2571 -> 23.2542 and
+    JS(fp32 || bf16) 5e-5 nats), and is ieee on a CPU without them. Attention's own products
+    (scaled-dot-product attention) stay fp32 (:func:`_fp32_attention`). Restored on exit."""
+    if precision not in ("ieee", "bf16"):
+        raise PPFError(f"matmul precision '{precision}' is unknown; use ieee or bf16")
+    if precision == "ieee" or not bf16_matmul_supported():
+        yield  # torch's default: exact fp32
+        return
+    _fp32_attention()
+    flags = torch.backends.mkldnn.matmul
+    before, flags.fp32_precision = flags.fp32_precision, "bf16"
+    try:
+        yield
+    finally:
+        flags.fp32_precision = before
+
+
+_FP32_ATTENTION: list[bool] = []
+
+
+def _fp32_attention() -> None:
+    """transformers' ``sdpa`` attention, re-registered (once) to run with exact fp32 products: with
+    bf16 products the CPU's scaled-dot-product kernel is ~4x SLOWER (measured: 0.9 -> 3.6 ms on
+    4 x 9 heads x 128 positions), so only the linear layers take the bf16 path. Outside
+    :func:`matmul_precision` the wrapper changes nothing (the flag is already exact fp32)."""
+    if _FP32_ATTENTION:
+        return
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def sdpa_fp32(*args: object, **kwargs: object) -> object:
+        flags = torch.backends.mkldnn.matmul
+        before, flags.fp32_precision = flags.fp32_precision, "none"
+        try:
+            return sdpa_attention_forward(*args, **kwargs)
+        finally:
+            flags.fp32_precision = before
+
+    AttentionInterface.register("sdpa", sdpa_fp32)
+    _FP32_ATTENTION.append(True)
 
 
 def windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -94,8 +151,21 @@ def js_kl_per_token(logp: torch.Tensor, logq: torch.Tensor) -> tuple[torch.Tenso
     Expanded so that each vocabulary-sized pass is one fused op (exp, log, dot products over the
     vocabulary): JS = ½ Σ p log p + ½ Σ q log q − Σ m log m, KL = Σ p log p − Σ p log q. A
     probability that underflows to 0 contributes 0 (m is floored at 1e-30 before its log).
+    Positions are taken ``_CHUNK`` at a time, so that every pass reads data still in the CPU's cache
+    (about 2.8x faster than whole batches on SmolLM2's vocabulary; the same numbers to the bit).
     """
-    logp, logq = logp.float(), logq.float()
+    shape = logp.shape[:-1]
+    logp, logq = logp.float().reshape(-1, logp.shape[-1]), logq.float().reshape(-1, logq.shape[-1])
+    parts = [_js_kl_rows(logp[i:i + _CHUNK], logq[i:i + _CHUNK]) for i in range(0, logp.shape[0], _CHUNK)] \
+        or [_js_kl_rows(logp, logq)]
+    return torch.cat([x[0] for x in parts]).reshape(shape), torch.cat([x[1] for x in parts]).reshape(shape)
+
+
+_CHUNK = 16  # positions per pass of js_kl_per_token: 16 x 49,152 fp32 = 3 MB per tensor
+
+
+def _js_kl_rows(logp: torch.Tensor, logq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`js_kl_per_token` of a few positions [rows, vocab] at once."""
     p, q = logp.exp(), logq.exp()
     plogp, qlogq, plogq = (torch.linalg.vecdot(p, logp), torch.linalg.vecdot(q, logq),
                            torch.linalg.vecdot(p, logq))

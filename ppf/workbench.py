@@ -34,7 +34,7 @@ from ppf.data.corpus import calibration_batch, tokenize_text
 from ppf.errors import PPFError
 from ppf.importance import Importance, cached_importance
 from ppf.io import read_tensors
-from ppf.metrics import divergences, next_token_logprobs, perplexity
+from ppf.metrics import divergences, matmul_precision, next_token_logprobs, perplexity
 from ppf.models import load, load_config
 from ppf.paths import cache_dir
 from ppf.plan import DenseShape, PruningPlan
@@ -116,7 +116,8 @@ class Workbench:
         if save_to is not None:
             folders = (Path(save_to),)
         return cached_removal_order(self.model if compute else None, self.name, batch, self.shape, max_ratio,
-                                    folders, save_to or (cache_dir() / "importance" if compute else None), progress)
+                                    folders, save_to or (cache_dir() / "importance" if compute else None), progress,
+                                    self.params.eval.matmul_precision)
 
     @cached_property
     def planner(self) -> Planner:
@@ -174,7 +175,12 @@ class Workbench:
     @cached_property
     def reference(self) -> torch.Tensor:
         """The dense model's next-token log-probabilities on the held-out tokens (computed once)."""
-        return next_token_logprobs(self.model, self.tokens[1], self.params.js.batch_size)
+        with self.forwards():
+            return next_token_logprobs(self.model, self.tokens[1], self.params.js.batch_size)
+
+    def forwards(self) -> Any:
+        """The context every evaluation forward runs in: ``eval.matmul_precision``."""
+        return matmul_precision(self.params.eval.matmul_precision)
 
     # ---- pruned copies -------------------------------------------------------------------------
     def copy(self) -> nn.Module:
@@ -230,12 +236,16 @@ class Workbench:
 
     def divergences(self, model: nn.Module) -> dict[str, float]:
         """JS, KL(dense || model) and the NLL above dense on the held-out tokens, in one pass."""
-        return divergences(self.reference, model, self.tokens[1], self.params.js.batch_size)
+        reference = self.reference
+        with self.forwards():
+            return divergences(reference, model, self.tokens[1], self.params.js.batch_size)
 
     @torch.no_grad()
     def perplexity(self, model: nn.Module, split: str, max_windows: int | None) -> float:
         ev = self.params.eval
-        return perplexity(model, self.split_tokens(split), ev.seqlen, ev.batch_size, max_windows)
+        tokens = self.split_tokens(split)
+        with self.forwards():
+            return perplexity(model, tokens, ev.seqlen, ev.batch_size, max_windows)
 
     @torch.no_grad()
     def judge(self, plan: PruningPlan, ppl_windows: int | None = None) -> dict[str, float]:

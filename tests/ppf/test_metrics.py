@@ -107,6 +107,58 @@ def test_js_per_token_matches_textbook_and_bounds():
     assert abs(disjoint.item() - math.log(2)) < 1e-5
 
 
+def test_js_kl_in_chunks_equal_the_whole_batch_and_the_textbook():
+    """More positions than one chunk, not a multiple of it: every position is computed, in place."""
+    from ppf.metrics import _CHUNK, _js_kl_rows, js_kl_per_token
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(3, 2 * _CHUNK + 5, 13, generator=g), torch.randn(3, 2 * _CHUNK + 5, 13, generator=g)
+    logp, logq = a.log_softmax(-1), b.log_softmax(-1)
+    js, kl = js_kl_per_token(logp, logq)
+    assert js.shape == kl.shape == a.shape[:-1]
+    whole_js, whole_kl = _js_kl_rows(logp.reshape(-1, 13).clone(), logq.reshape(-1, 13).clone())
+    assert torch.equal(js.reshape(-1), whole_js) and torch.equal(kl.reshape(-1), whole_kl)
+    assert torch.allclose(js.double(), _js_reference(a.softmax(-1), b.softmax(-1)), atol=1e-6)
+    p, q = a.softmax(-1).double(), b.softmax(-1).double()
+    assert torch.allclose(kl.double(), (p * (p.log() - q.log())).sum(-1), atol=1e-6)
+
+
+def test_matmul_precision_is_scoped_and_checked():
+    from ppf.metrics import bf16_matmul_supported, matmul_precision
+
+    flags = torch.backends.mkldnn.matmul
+    before = flags.fp32_precision
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, 256, generator=g), torch.randn(512, 256, generator=g)
+    exact = x @ w.T
+    with matmul_precision("ieee"):
+        assert flags.fp32_precision == before and torch.equal(x @ w.T, exact)
+    with matmul_precision("bf16"):
+        fast = x @ w.T
+        assert flags.fp32_precision == ("bf16" if bf16_matmul_supported() else before)
+    assert flags.fp32_precision == before  # restored
+    assert torch.allclose(fast, exact, rtol=0.05, atol=0.5)  # bf16 factors: close, not equal
+    with pytest.raises(PPFError, match="fp16"):
+        with matmul_precision("fp16"):
+            pass
+    with pytest.raises(RuntimeError):  # restored on an error, too
+        with matmul_precision("bf16"):
+            raise RuntimeError("boom")
+    assert flags.fp32_precision == before
+
+
+def test_a_model_under_bf16_products_scores_close_to_fp32(tiny_gqa):
+    from ppf.metrics import matmul_precision
+
+    model, _ = tiny_gqa
+    tokens = _tokens(4 * 16, model.config.vocab_size)
+    exact = perplexity(model, tokens, 16, batch_size=2)
+    with matmul_precision("bf16"):
+        fast = perplexity(model, tokens, 16, batch_size=2)
+    assert abs(fast / exact - 1) < 0.01
+    assert torch.backends.mkldnn.matmul.fp32_precision == "none"
+
+
 def test_js_divergence_model_vs_cached_reference(tiny_llama):
     from ppf.metrics import js_divergence, next_token_logprobs, ppr
 
