@@ -223,9 +223,9 @@ class EvalParams(Section):
     max_windows: int | None = Field(64, gt=0, description="perplexity windows per split (None = all)")
     zero_shot_limit: int | None = Field(200, gt=0, description="examples per task for lm-eval")
     matmul_precision: Literal["ieee", "bf16"] = Field(
-        "ieee", description="fp32 matrix products of every evaluation forward (perplexity, JS, zero-shot, speed, "
-        "BlockPruner's search): ieee = exact fp32; bf16 = bf16 products with fp32 sums on a CPU with bf16 units "
-        "(AMX / AVX512-BF16), exact fp32 elsewhere. Pruning, importance and compensation always run in ieee")
+        "ieee", description="fp32 matrix products of every evaluation forward (perplexity, JS, zero-shot, speed): "
+        "ieee = exact fp32; bf16 = bf16 products with fp32 sums on a CPU with bf16 units (AMX / AVX512-BF16), "
+        "exact fp32 elsewhere. Pruning, importance, compensation and BlockPruner's search always run in ieee")
 
 
 class PredictorParams(Section):
@@ -242,6 +242,9 @@ class PredictorParams(Section):
     spp: bool = Field(True, description="the spatial pyramid pooling branch")
     density: bool = Field(True, description="the global-density branch")
     hidden: tuple[int, int] = (128, 32)
+    log_target: bool = Field(False, description="fit log(signal) and answer exp of it (a training set with "
+                             "values <= 0 is shifted up first): a signal spanning a wide range is then ranked as "
+                             "well at its low end")
     epochs: int = Field(60, gt=0)
     batch_size: int = Field(1, gt=0, description="1 is the paper's finding")
     lr: float = Field(0.003, gt=0)

@@ -116,8 +116,7 @@ class Workbench:
         if save_to is not None:
             folders = (Path(save_to),)
         return cached_removal_order(self.model if compute else None, self.name, batch, self.shape, max_ratio,
-                                    folders, save_to or (cache_dir() / "importance" if compute else None), progress,
-                                    self.params.eval.matmul_precision)
+                                    folders, save_to or (cache_dir() / "importance" if compute else None), progress)
 
     @cached_property
     def planner(self) -> Planner:

@@ -8,7 +8,9 @@ Not a test: it trains one predictor per variant on the SAME policy-held-out spli
   * architecture on the o_proj input: base (no spatial attention, no SPP, no density branch),
     without SA, without SPP, without the density branch, full.
 
-Writes studies/results/predictor_ablation.{csv,md}.
+  * target (``--targets``): the signal itself vs its log (``predictor.log_target``).
+
+Writes studies/results/<--out, default predictor_ablation>.{csv,md}.
 Run (after `dvc repro collect`):  python studies/predictor_ablation.py [--seeds 0 1 2] [--epochs N]
 """
 
@@ -38,8 +40,12 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None, help="default: predictor.epochs of params.yaml")
-    ap.add_argument("--inputs", nargs="+", default=INPUTS, choices=INPUTS, help="predictor inputs compared")
+    ap.add_argument("--inputs", nargs="*", default=INPUTS, choices=INPUTS,
+                    help="predictor inputs compared (none: no input ablation)")
     ap.add_argument("--no-architecture", action="store_true", help="only the input ablation")
+    ap.add_argument("--targets", action="store_true",
+                    help="also the target ablation on the configured input: the signal itself vs its log")
+    ap.add_argument("--out", default="predictor_ablation", help="file name (no suffix) in studies/results/")
     args = ap.parse_args()
     torch.set_num_threads(1)
     params = load_params(args.params)
@@ -50,6 +56,9 @@ def main() -> None:
     variants = [("input", kind, kind, {}) for kind in args.inputs]
     if not args.no_architecture:
         variants += [("architecture", name, params.predictor.input, over) for name, over in ARCHS.items()]
+    if args.targets:
+        variants += [("target", name, params.predictor.input, {"log_target": log})
+                     for name, log in (("signal", False), ("log(signal)", True))]
     rows = []
     for group, name, kind, over in variants:
         d = data[kind]
@@ -66,7 +75,7 @@ def main() -> None:
                   f"within-ratio {s['spearman_within_ratio']:.4f}", flush=True)
     df = pd.DataFrame(rows)
     out = ROOT / "studies" / "results"
-    write_text_atomic(out / "predictor_ablation.csv", df.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out / f"{args.out}.csv", df.to_csv(index=False, float_format="%.6g"))
     y = data[inputs[0]].y
     table = df.groupby(["group", "variant"], sort=False).agg(
         mae=("mae", "mean"), mae_std=("mae", "std"), spearman=("spearman", "mean"), spearman_std=("spearman", "std"),
@@ -75,14 +84,14 @@ def main() -> None:
         rmse=("rmse", "mean"), r2=("r2", "mean"), train_s=("train_s", "mean")).reset_index()
     lines = [f"# Predictor ablations ({len(data[inputs[0]].train)} train / {len(data[inputs[0]].test)} held-out samples, "
              f"held out by {params.predictor.split}; {epochs} epochs; mean ± std over seeds {args.seeds}; "
-             f"JS range {y.min():.3f}-{y.max():.3f})", "",
+             f"{params.predictor.signal} range {y.min():.3f}-{y.max():.3f})", "",
              "| group | variant | MAE | MAE % of range | Spearman | within-ratio Spearman (collect.within) | "
              "distinct predictions | RMSE | R² | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.group} | {r.variant} | {r.mae:.4f} ± {r.mae_std:.4f} | {100 * r.mae / (y.max() - y.min()):.2f} | "
                      f"{r.spearman:.4f} ± {r.spearman_std:.4f} | {r.within:.4f} ± {r.within_std:.4f} | {r.distinct:.0f} | "
                      f"{r.rmse:.4f} | {r.r2:.4f} | {r.train_s:.0f} |")
-    write_text_atomic(out / "predictor_ablation.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / f"{args.out}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

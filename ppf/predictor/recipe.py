@@ -93,7 +93,7 @@ def net_config(params: Params, in_channels: int, **overrides: Any) -> NetConfig:
     pp = params.predictor
     base = dict(in_channels=in_channels, width=pp.width, dilations=tuple(pp.dilations),
                 spp_levels=tuple(pp.spp_levels), attention=pp.attention, spp=pp.spp, density=pp.density,
-                hidden=tuple(pp.hidden))
+                hidden=tuple(pp.hidden), log_target=pp.log_target)
     return NetConfig(**{**base, **overrides})
 
 

@@ -55,6 +55,11 @@ def _fit(images, targets, net_config, train, on_epoch):
         raise PPFError(f"images have {x.shape[1]} planes but the network expects {net_config.in_channels}")
     torch.manual_seed(train.seed)
     net = PredictorNet(net_config)
+    if net_config.log_target:  # fit log(y + shift); shift > 0 only when some target is <= 0
+        low, spread = y.min(), (y.max() - y.min()).clamp_min(1e-6)
+        shift = (spread * 0.01 - low).clamp_min(0.0) if low <= 0 else torch.zeros(())
+        net.target_shift.copy_(shift)
+        y = (y + shift).log()
     mean, std = y.mean(), y.std().clamp_min(1e-8)
     net.target_mean.copy_(mean)
     net.target_std.copy_(std)

@@ -61,6 +61,28 @@ def test_training_is_reproducible_for_a_seed():
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
 
 
+def test_a_log_target_fits_log_signal_answers_in_signal_units_and_shifts_non_positive_targets(tmp_path):
+    x, y = _synthetic(160)
+    y = np.exp(6 * y) - 0.9  # a signal spanning ~60x, like the NLL above dense over 10-70 % pruning
+    cfg, tc = NetConfig(width=8, hidden=(32, 8), log_target=True), TrainConfig(epochs=12, lr=0.003)
+    net, history = fit(x[:120], y[:120], cfg, tc)
+    assert history[-1] < history[0] / 5
+    pred = predict(net, x[120:])
+    assert (pred > 0).all() and scores(y[120:], pred)["spearman"] > 0.9  # exp of the fit: signal units
+    assert abs(float(net.target_mean) - float(np.log(y[:120]).mean())) < 1e-4  # standardised in log space
+    save_predictor(net, tmp_path / "pred", {"model": "m", "input": "o_proj", "image_shape": [1, 8, 4]})
+    loaded, _ = load_predictor(tmp_path / "pred")
+    assert loaded.config.log_target and np.allclose(predict(loaded, x[120:]), pred)
+    assert float(loaded.target_shift) == 0.0  # every target was positive: log(y) itself
+    # targets <= 0 (an NLL above dense can be negative): shifted up before the log, taken off after
+    signed = y - 1.0
+    assert signed[:120].min() <= 0
+    net, _ = fit(x[:120], signed[:120], cfg, tc)
+    shift = float(net.target_shift)
+    assert shift > -signed[:120].min() and abs(float(net.target_mean) - float(np.log(signed[:120] + shift).mean())) < 1e-4
+    assert scores(signed[120:], predict(net, x[120:]))["spearman"] > 0.9
+
+
 def test_training_refuses_images_of_the_wrong_depth():
     x, y = _synthetic(4)
     with pytest.raises(PPFError, match="2 planes"):
