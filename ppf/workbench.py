@@ -235,16 +235,14 @@ class Workbench:
 
     def divergences(self, model: nn.Module) -> dict[str, float]:
         """JS, KL(dense || model) and the NLL above dense on the held-out tokens, in one pass."""
-        reference = self.reference
-        with self.forwards():
-            return divergences(reference, model, self.tokens[1], self.params.js.batch_size)
+        with self.forwards():  # nested with the reference's own: the same precision, restored on exit
+            return divergences(self.reference, model, self.tokens[1], self.params.js.batch_size)
 
     @torch.no_grad()
     def perplexity(self, model: nn.Module, split: str, max_windows: int | None) -> float:
         ev = self.params.eval
-        tokens = self.split_tokens(split)
         with self.forwards():
-            return perplexity(model, tokens, ev.seqlen, ev.batch_size, max_windows)
+            return perplexity(model, self.split_tokens(split), ev.seqlen, ev.batch_size, max_windows)
 
     @torch.no_grad()
     def judge(self, plan: PruningPlan, ppl_windows: int | None = None) -> dict[str, float]:
