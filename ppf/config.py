@@ -275,24 +275,24 @@ class AgentValidation(Section):
 
 
 class AgentChoice(Section):
-    """The multi-fidelity final choice at each static ratio (valid split only, never test): every
-    policy contender of the validation is ranked on its ``validation.ppl_windows``; the best
-    ``survivors[i]`` are re-measured on ``windows[i]`` windows (stage after stage, growing) and the
-    last stage's best is PPF's policy at that ratio (``ppf policy``, ``ppf prune -p agent``, the
-    benchmark)."""
+    """The final choice at each static ratio (valid split only, never test; :mod:`ppf.agent.choice`):
+    every policy contender of the validation, identical plans merged, races on growing valid budgets
+    — its ``validation.ppl_windows``, then ``windows`` (capped at the split's) — measured PAIRED; a
+    contender leaves only when its ``level`` bootstrap interval against the leader lies wholly above
+    0, and the answer leaves the best baseline allocation only for a plan whose interval against it
+    lies wholly below 0. The answer is PPF's policy at that ratio (``ppf policy``, ``ppf prune -p
+    agent``, the benchmark)."""
 
-    windows: list[int] = Field([32], description="valid perplexity windows per stage after the validation's")
-    survivors: list[int] = Field([3], description="candidates re-measured at each stage")
+    windows: list[int] = Field([16, 32, 64, 128], description="valid windows of the stages after the validation's "
+                               "(growing; only the contenders still tied are measured further)")
+    level: float = Field(0.95, gt=0.5, lt=1, description="confidence of the paired intervals that decide")
+    bootstrap: int = Field(1000, ge=100, description="paired bootstrap draws per comparison")
+    seed: int = Field(0, description="seed of the bootstrap draws")
 
     @model_validator(mode="after")
     def _stages(self) -> "AgentChoice":
-        if len(self.windows) != len(self.survivors):
-            raise ValueError(f"agent.choice.windows {self.windows} and survivors {self.survivors} must have one "
-                             "entry per stage (the same length)")
         if any(w <= 0 for w in self.windows) or any(b <= a for a, b in zip(self.windows, self.windows[1:])):
-            raise ValueError(f"agent.choice.windows {self.windows} must be positive and growing, e.g. [32, 128]")
-        if any(k <= 0 for k in self.survivors) or any(b > a for a, b in zip(self.survivors, self.survivors[1:])):
-            raise ValueError(f"agent.choice.survivors {self.survivors} must be positive and not growing, e.g. [4, 2]")
+            raise ValueError(f"agent.choice.windows {self.windows} must be positive and growing, e.g. [16, 32, 64]")
         return self
 
 
@@ -495,8 +495,26 @@ def _describe(err: dict[str, Any]) -> str:
     return f"'{where}' = {err.get('input')!r}: {msg}"
 
 
+# keys that once meant something: an error that says what replaced them (never silently ignored)
+RETIRED = {
+    "agent.choice.survivors": "the final choice no longer cuts to a fixed number of survivors: a contender leaves "
+                              "only when its paired interval against the leader lies above 0 (agent.choice.level "
+                              "sets how sure, agent.choice.windows the growing budgets); remove the key",
+}
+
+
+def _retired(raw: dict[str, Any], source: str) -> None:
+    for path, why in RETIRED.items():
+        node: Any = raw
+        for part in path.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is not KeyError:
+            raise PPFError(f"{source}: '{path}' is retired: {why}")
+
+
 def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
     """Validate a params mapping; raise one PPFError listing every problem by key path."""
+    _retired(raw or {}, source)
     try:
         return Params.model_validate(raw or {})
     except ValidationError as exc:

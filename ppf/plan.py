@@ -15,6 +15,7 @@ belongs to KV head ``h // groups``); whole KV groups may go.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -147,6 +148,13 @@ class PruningPlan:
     def layer_ratios(self) -> list[float]:
         dense = self.shape.dense_layer_params
         return [1.0 - self.layer_params(i) / dense for i in range(len(self.layers))]
+
+    @property
+    def identity(self) -> str:
+        """What makes two plans the same model: a digest of the dense shape and the kept units (the
+        meta, e.g. the policy text it came from, is left out)."""
+        body = json.dumps([asdict(self.shape), [asdict(lp) for lp in self.layers]], separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     # ---- (de)serialisation: plain JSON, stored beside pruned checkpoints ---------------------------
     def to_dict(self) -> dict[str, Any]:

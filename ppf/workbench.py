@@ -34,7 +34,7 @@ from ppf.data.corpus import calibration_batch, tokenize_text
 from ppf.errors import PPFError
 from ppf.importance import Importance, cached_importance
 from ppf.io import read_tensors
-from ppf.metrics import divergences, matmul_precision, next_token_logprobs, perplexity
+from ppf.metrics import divergences, matmul_precision, next_token_logprobs, perplexity, perplexity_of, window_nll
 from ppf.models import load, load_config
 from ppf.paths import cache_dir
 from ppf.plan import DenseShape, PruningPlan
@@ -244,15 +244,34 @@ class Workbench:
         with self.forwards():
             return perplexity(model, self.split_tokens(split), ev.seqlen, ev.batch_size, max_windows)
 
+    def n_windows(self, split: str) -> int:
+        """How many non-overlapping ``eval.seqlen`` windows the split holds."""
+        return self.split_tokens(split).numel() // self.params.eval.seqlen
+
     @torch.no_grad()
-    def judge(self, plan: PruningPlan, ppl_windows: int | None = None) -> dict[str, float]:
+    def window_nll(self, model: nn.Module, split: str, lo: int, hi: int) -> list[float]:
+        """The summed NLL of each ``eval.seqlen`` window ``lo .. hi - 1`` of ``split`` (the same windows,
+        and the same numbers, as the first ``hi`` of :meth:`perplexity`'s: a budget can grow window by window)."""
+        ev = self.params.eval
+        n = self.n_windows(split)
+        if not 0 <= lo < hi <= n:
+            raise PPFError(f"windows {lo}..{hi - 1} of the {split} split: it holds {n} windows of {ev.seqlen} tokens")
+        with self.forwards():
+            tokens = self.split_tokens(split)[lo * ev.seqlen: hi * ev.seqlen]
+            return window_nll(model, tokens, ev.seqlen, ev.batch_size).tolist()
+
+    @torch.no_grad()
+    def judge(self, plan: PruningPlan, ppl_windows: int | None = None) -> dict[str, Any]:
         """Prune for real and measure: true JS, KL and NLL above dense on the held-out tokens
-        (:func:`ppf.metrics.divergences`; + valid perplexity on ``ppl_windows`` windows)."""
+        (:func:`ppf.metrics.divergences`; + valid perplexity on the first ``ppl_windows`` windows, with
+        each window's summed NLL in ``nll_valid``, for paired comparisons)."""
         t = time.perf_counter()
         pruned = self.pruned(plan)
         out: dict[str, Any] = {**self.divergences(pruned), "compensation": pruned.ppf_compensation["method"]}
         if ppl_windows is not None:
-            out["ppl_valid"] = self.perplexity(pruned, "valid", ppl_windows)
+            nll = self.window_nll(pruned, "valid", 0, min(ppl_windows, self.n_windows("valid")))
+            out |= {"ppl_valid": perplexity_of(torch.tensor(nll, dtype=torch.float64), self.params.eval.seqlen),
+                    "nll_valid": nll}
         out["seconds"] = time.perf_counter() - t
         return out
 

@@ -1,6 +1,6 @@
 """Beyond the paper: the final choice refined on the TRUE model by budget-preserving mutations.
 
-The final choice (:func:`ppf.agent.validation.choose`) picks the best of a handful of contenders;
+The final choice (:func:`ppf.agent.choice.choose`) picks the best of a handful of contenders;
 nothing looks at the policies next to it. EvoPress / Týr-the-Pruner / DarwinLM search allocations
 with mutations that keep the compression budget and multi-fidelity selection; this is that idea
 over ppf's policy space, in a (1 + λ) form sized for a CPU:
@@ -12,8 +12,10 @@ over ppf's policy space, in a (1 + λ) form sized for a CPU:
 - per generation, ``proposals`` distinct mutants are drawn, the predictor keeps the ``offspring``
   it rates best (a millisecond screen; it never decides), and those are pruned for real and
   measured on few valid windows (low fidelity);
-- the best of them is re-measured on the choice's last, larger valid budget and replaces the parent
-  only if it is better THERE (high fidelity), so a mutant that was lucky on few tokens does not win.
+- the best of them races the parent on the choice's growing valid budgets (the same rule as the
+  choice, :func:`ppf.agent.choice.race`, with the windows it was picked on left out) and replaces the
+  parent only when its paired interval against it lies wholly below 0, so a mutant that was lucky on
+  few tokens, or equal within the noise, does not win.
 
 Only the valid split is used; the test split stays for the benchmark.
 """
@@ -21,12 +23,14 @@ Only the valid split is used; the test split stays for the benchmark.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from ppf.agent.choice import Entry, Rule, race
 from ppf.agent.env import AGENT_METHODS
 from ppf.plan import DenseShape
 from ppf.policy import A_ETA_MAX, Policy, feasible
@@ -76,41 +80,56 @@ def mutants(parent: Policy, ratio: float, n: int, rng: random.Random, shape: Den
     return out
 
 
-def refine(start: Policy, start_ppl: float, ratio: float, *, propose: Callable[[Policy, random.Random], list[Policy]],
-           screen: Callable[[list[Policy]], list[Policy]], measure: Callable[[Policy, int], float],
-           low: int, high: int, generations: int, seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The (1 + λ) refinement of ``start`` (whose valid perplexity on ``high`` windows is ``start_ppl``).
+def refine(start: Entry, ratio: float, *, propose: Callable[[Policy, random.Random], list[Policy]],
+           screen: Callable[[list[Policy]], list[Policy]], entry_of: Callable[[Policy], Entry],
+           measure: Callable[[Entry, int, int], Sequence[float]], low: int, budgets: Sequence[int], rule: Rule,
+           generations: int, seed: int = 0) -> tuple[Entry, list[dict[str, Any]]]:
+    """The (1 + λ) refinement of ``start`` (an :class:`~ppf.agent.choice.Entry` with its valid NLLs).
 
     Per generation: ``propose(parent, rng)`` draws mutants, ``screen`` keeps the offspring to judge,
-    ``measure(policy, low)`` judges each, and the best is re-measured with ``measure(policy, high)``;
-    it becomes the parent only if that beats the parent's ``high`` figure. Returns ({policy, ppl_valid,
-    windows, improved, generations}, one record per measurement)."""
+    each is measured on the first ``low`` valid windows, and the best of them races the parent
+    (:func:`~ppf.agent.choice.race`, the parent on the floor) on ``budgets`` windows, the ``low``
+    windows it was picked on left out of the comparison: it replaces the parent only when its paired
+    interval against it lies wholly below 0. Returns (the last parent, one record per measurement)."""
     rng = random.Random(f"{seed}:{ratio:.4f}")
-    parent, parent_ppl, log = start, float(start_ppl), []
+    parent, log = start, []
+    later = [b for b in budgets if b > low]
     for g in range(1, generations + 1):
-        offspring = screen(propose(parent, rng))
-        if not offspring:
+        offspring = screen(propose(Policy.parse(parent.policy), rng))
+        if not offspring or not later:
             break
-        scored = sorted(((measure(c, low), str(c), c) for c in offspring), key=lambda t: (t[0], t[1]))
-        log += [{"generation": g, "policy": text, "windows": low, "ppl_valid": ppl, "accepted": False}
-                for ppl, text, _ in scored]
-        best_low, text, best = scored[0]
-        best_ppl = measure(best, high)
-        accepted = best_ppl < parent_ppl
-        log.append({"generation": g, "policy": text, "windows": high, "ppl_valid": best_ppl, "accepted": accepted})
+        judged = []
+        for child in offspring:
+            e = entry_of(child)
+            e.nll = np.asarray(measure(e, 0, low), dtype=np.float64)
+            judged.append(e)
+        judged.sort(key=lambda e: (float(e.nll[:low].mean()), e.policy))
+        log += [{"generation": g, "policy": e.policy, "windows": low, "ppl_valid": rule.ppl(e, 0, low),
+                 "status": "judged", "accepted": False} for e in judged]
+        best = judged[0]
+        parent.floor, best.floor = True, False
+        answer, decision, records = race([parent, best], later, measure, rule, held_out=low)
+        accepted = answer is best
+        for x in records:
+            mine = x["policy"] == best.policy
+            vs = rule.compare(best, parent, low, low + x["windows"]) if mine else None
+            log.append({"generation": g, "policy": x["policy"], "windows": x["windows"], "ppl_valid": x["ppl_valid"],
+                        "status": x["status"], "vs_parent_pct": None if vs is None else vs["diff_pct"],
+                        "vs_parent_lo": None if vs is None else vs["ci_lo"], "vs_parent_hi": None if vs is None else vs["ci_hi"],
+                        "accepted": accepted and mine and x["stage"] == decision["stages"] - 1})
         if accepted:
-            parent, parent_ppl = best, best_ppl
-    return ({"policy": str(parent), "ppl_valid": parent_ppl, "windows": high, "improved": parent != start,
-             "generations": generations}, log)
+            parent = best
+    return parent, log
 
 
-def refine_choices(choices: dict[str, dict[str, Any]], predictor: Any, params: Any,
-                   measure: Callable[[Policy, float, int], float]) -> tuple[dict[str, dict[str, Any]], list[dict]]:
+def refine_choices(choices: dict[str, dict[str, Any]], predictor: Any, params: Any, entry_of: Callable[[Policy, float], Entry],
+                   measure: Callable[[Entry, int, int], Sequence[float]], budgets: Sequence[int], rule: Rule
+                   ) -> tuple[dict[str, dict[str, Any]], list[dict]]:
     """Every static ratio's final choice refined (:func:`refine`, ``agent.refine``): mutants screened by
-    ``predictor`` (lowest predicted signal per actual ratio), judged by ``measure(policy, ratio, windows)``
-    (valid perplexity) on ``agent.validation.ppl_windows``, the best re-measured on the choice's windows.
-    Returns (the choices, each with ``refined_from`` / ``refined_from_ppl_valid`` and, when a mutant won,
-    ``contender: refined``; one record per measurement with its ratio)."""
+    ``predictor`` (lowest predicted signal per actual ratio), made into entries by ``entry_of(policy,
+    ratio)``, judged on ``agent.validation.ppl_windows``, the best raced against the choice on
+    ``budgets``. Returns (the choices, each with ``refined_from`` / ``refined_from_ppl_valid`` and, when a
+    mutant won, ``contender: refined``; one record per measurement with its ratio)."""
     a = params.agent
     cfg, planner = a.refine, predictor.planner
     if cfg.generations == 0:
@@ -134,12 +153,21 @@ def refine_choices(choices: dict[str, dict[str, Any]], predictor: Any, params: A
                 rated.append((pred["score"] / pred["actual_ratio"], str(p), p))
             return [p for _, _, p in sorted(rated, key=lambda t: (t[0], t[1]))[: cfg.offspring]]
 
-        best, records = refine(Policy.parse(c["policy"]), c["ppl_valid"], ratio, propose=propose, screen=screen,
-                               measure=lambda p, w, ratio=ratio: measure(p, ratio, w), low=a.validation.ppl_windows,
-                               high=c["windows"], generations=cfg.generations, seed=cfg.seed)
-        out[key] = {**c, "refined_from": c["policy"], "refined_from_ppl_valid": c["ppl_valid"],
-                    "policy": best["policy"], "ppl_valid": best["ppl_valid"]}
-        if best["improved"]:
-            out[key] |= {"contender": "refined", "refined_from_contender": c["contender"]}
+        t = time.perf_counter()
+        start = Entry(c["_key"], list(c["contenders"]), c["policy"], True, np.asarray(c["_nll"]), c["_row"])
+        best, records = refine(start, ratio, propose=propose, screen=screen,
+                               entry_of=lambda p, ratio=ratio: entry_of(p, ratio), measure=measure,
+                               low=a.validation.ppl_windows, budgets=budgets, rule=rule,
+                               generations=cfg.generations, seed=cfg.seed)
+        out[key] = {**c, "refined_from": c["policy"], "refined_from_ppl_valid": c["ppl_valid"], "policy": best.policy}
+        if best is not start:  # both on the same windows: all the start was measured on, at least the choice's
+            w = start.nll.size
+            if best.nll.size < w:
+                best.nll = np.concatenate([best.nll, np.asarray(measure(best, best.nll.size, w), dtype=np.float64)])
+            out[key] |= {"contender": "refined", "refined_from_contender": c["contender"], "allocation": None,
+                         "ppl_valid": rule.ppl(best, 0, w), "refined_from_ppl_valid": rule.ppl(start, 0, w),
+                         "windows": w, "refined_vs_choice": rule.compare(best, start, a.validation.ppl_windows, w),
+                         "_key": best.key, "_nll": best.nll, "_row": best.row}
+        out[key]["_refine_seconds"] = time.perf_counter() - t
         log += [{"ratio": ratio, **r} for r in records]
     return out, log

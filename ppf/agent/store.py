@@ -4,7 +4,7 @@ One agent file holds the actor of every trained mode — the dynamic one (a rati
 static ones (one ratio each) — with the range each was trained on. :meth:`Agents.decide` picks
 the mode for a ratio: a static agent trained at exactly that ratio, else the dynamic agent.
 :meth:`Agents.answer` is PPF's answer: at a static ratio the final choice train_agent stored in the
-file (the best contender on growing valid budgets), elsewhere the decision.
+file (the race of the contenders on growing valid budgets, :mod:`ppf.agent.choice`), elsewhere the decision.
 A ratio outside every trained range is ANSWERED, with a warning: any action decodes to a valid
 policy and the plan meets the ratio exactly, but the agent never saw such ratios, so the policy
 may be poor — the warning says so and names the trained range (refusing would break a deployment
@@ -88,7 +88,7 @@ class Agents:
         return save_agents(self.actors, self.modes, path, {**self.meta, "choices": choices})
 
     def choice(self, ratio: float) -> dict[str, Any] | None:
-        """The multi-fidelity final choice at a static ratio (:func:`ppf.agent.validation.choose`), if any."""
+        """The final choice at a static ratio (:func:`ppf.agent.choice.choose`), if any."""
         for r, c in (self.meta.get("choices") or {}).items():
             if abs(float(r) - ratio) < 1e-9:
                 return c

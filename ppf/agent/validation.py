@@ -3,14 +3,16 @@
 - :func:`validation_ratios` — the ratios of the paper's dynamic setting (uniform in a range);
 - :func:`contenders` — per ratio, the policies compared: the agent's, uniform, LLM-Pruner's
   (edge layers kept), OWL's and AlphaPruning's mappings, and the best of the exhaustive (method ×
-  a_eta) grid judged by the predictor, ShortGPT's allocation (lowest-BI layers removed) and the
+  a_eta) grid judged by the predictor, ShortGPT's allocation (lowest-BI layers removed),
+  BlockPruner's (its stored block order as far as the ratio holds, uniform width for the rest), the
   dynamic actor on its own (``dynamic_agent``: the agent's answer at a static ratio comes from that
-  ratio's static actor);
+  ratio's static actor), and at the static ratios every restart's actors (``agent@seedN``,
+  ``dynamic_agent@seedN``);
 - :func:`search_candidates` — beyond the paper: CMA-ES over per-layer ratio vectors at each static
   ratio, its ``search.top_k`` best by the predictor, to be evaluated for real;
 - :func:`judge` — one row pruned and measured (true JS, KL, NLL above dense; valid perplexity);
-- :func:`choose` — the multi-fidelity final choice per static ratio: the policy contenders ranked on
-  the validation's windows, the best re-measured on more valid windows, stage by stage;
+- :func:`plan_of` — the plan a row stands for (the final choice, :mod:`ppf.agent.choice`, merges
+  rows that plan alike);
 - :func:`table` / :func:`summarise` — the judged rows as results/agent_validation.csv and
   metrics/agent.json, with :func:`reward_agreement` (which held-out signal ranks one ratio's
   contenders as valid perplexity does).
@@ -30,11 +32,12 @@ from ppf.baselines import alpha, llm_pruner, owl
 from ppf.config import Params
 from ppf.depth import block_ratio
 from ppf.metrics import SIGNALS
-from ppf.policy import Policy
+from ppf.plan import PruningPlan
+from ppf.policy import Planner, Policy, feasible
 from ppf.search import cma_search
 from ppf.workbench import Workbench
 
-CONTENDERS = ("agent", "uniform", "llm_pruner", "owl", "alpha", "shortgpt", "grid_best")
+CONTENDERS = ("agent", "uniform", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "grid_best")
 
 
 def predicted(predictor: Any, policy: Policy, ratio: float) -> tuple[float, float]:
@@ -64,10 +67,14 @@ def grid_best(predictor: Any, ratio: float, step: float) -> tuple[Policy, float]
     return best, best_ppr
 
 
-def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float], setting: str) -> list[dict[str, Any]]:
-    """One row per (ratio, contender): its policy (object and text) and predicted signal / PPR."""
+def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float], setting: str,
+               restarts: dict[str, Callable[[float], Policy]] | None = None) -> list[dict[str, Any]]:
+    """One row per (ratio, contender): its policy (object and text) and predicted signal / PPR.
+    ``restarts``: more contenders by name (the agents' restarts that were not kept), each a function
+    ratio → policy."""
     v = params.agent.validation
-    n_layers = predictor.planner.shape.n_layers
+    planner = predictor.planner
+    n_layers = planner.shape.n_layers
     rows = []
     for r in ratios:
         policies = {"agent": agents.decide(r)["policy"], "uniform": Policy("uniform"),
@@ -79,8 +86,13 @@ def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float],
         depth = int(r / block_ratio(predictor.planner.shape, [0], [0]) + 1e-9)
         if "bi" in predictor.planner.layer_scores and 1 <= depth < n_layers:
             policies["shortgpt"] = Policy("uniform", depth=depth)
+        if planner.block_order is not None:  # BlockPruner's order as far as the ratio holds, width the rest
+            deep = Policy("uniform", depth=len(planner.block_order), order="blocks")
+            policies["blockpruner"] = feasible(deep, r, planner.shape, planner.max_layer_ratio,
+                                               block_order=planner.block_order)
         if "dynamic" in agents.modes:  # the dynamic actor on its own (at a static ratio, a candidate of the choice)
             policies["dynamic_agent"] = agents.decide(r, mode="dynamic")["policy"]
+        policies |= {name: decide(r) for name, decide in (restarts or {}).items()}
         for name, pol in policies.items():
             score, actual = predicted(predictor, pol, r)
             rows.append({"ratio": r, "contender": name, "policy": str(pol), "predicted": score,
@@ -102,45 +114,20 @@ def search_candidates(predictor: Any, rows: list[dict[str, Any]], params: Params
     return out, stats
 
 
-def choose(rows: list[dict[str, Any]], base_windows: int, stages: list[tuple[int, int]],
-           remeasure: Callable[[dict[str, Any], int], float]) -> tuple[dict[str, dict], list[dict]]:
-    """The multi-fidelity final choice at every static ratio, on the VALID split only.
-
-    Every judged static row that is a policy (not a search vector, whose layer ratios no policy text
-    carries) is ranked by its validation perplexity; at each stage ``(windows, survivors)`` the best
-    ``survivors`` are re-measured with ``remeasure(row, windows)`` and re-ranked; the last ranking's
-    first is the choice. Returns ({ratio: choice}, one record per (stage, candidate))."""
-    choices, log = {}, []
-    static = [x for x in rows if x["setting"] == "static" and x.get("_policy") is not None]
-    for r in sorted({x["ratio"] for x in static}):
-        pool = sorted((x for x in static if x["ratio"] == r), key=lambda x: (x["ppl_valid"], x["contender"]))
-        scored = [(x, x["ppl_valid"], base_windows) for x in pool]
-        log += [{"ratio": r, "stage": 0, "contender": x["contender"], "policy": x["policy"], "windows": w,
-                 "ppl_valid": p} for x, p, w in scored]
-        for i, (windows, survivors) in enumerate(stages, 1):
-            scored = sorted(((x, remeasure(x, windows), windows) for x, _, _ in scored[:survivors]),
-                            key=lambda t: (t[1], t[0]["contender"]))
-            log += [{"ratio": r, "stage": i, "contender": x["contender"], "policy": x["policy"], "windows": w,
-                     "ppl_valid": p} for x, p, w in scored]
-        best, ppl, windows = scored[0]
-        choices[f"{r:g}"] = {"contender": best["contender"], "policy": best["policy"], "ppl_valid": float(ppl),
-                             "windows": windows, "candidates": len(pool)}
-    return choices, log
-
-
-def plan_of(wb: Workbench, row: dict[str, Any]):
+def plan_of(planner: Planner, row: dict[str, Any]) -> PruningPlan:
     """The plan a row stands for: its policy, or a searched ratio vector."""
     if row.get("_scores") is not None:
-        return wb.planner.plan_scores(list(row["_scores"]), row["_a_eta"], row["ratio"])
-    return wb.planner.plan(row["_policy"], row["ratio"])
+        return planner.plan_scores(list(row["_scores"]), row["_a_eta"], row["ratio"])
+    return planner.plan(row["_policy"], row["ratio"])
 
 
-def judge(wb: Workbench, row: dict[str, Any], ppl_windows: int) -> dict[str, float]:
-    """True JS (with KL and the NLL above dense from the same pass) + valid perplexity of a row's plan."""
-    plan = plan_of(wb, row)
+def judge(wb: Workbench, plan: PruningPlan, ppl_windows: int) -> dict[str, Any]:
+    """True JS (with KL and the NLL above dense from the same pass) + valid perplexity of a plan, with
+    each valid window's summed NLL (``nll_valid``: what the final choice compares paired)."""
     res = wb.judge(plan, ppl_windows)
     ratios = plan.layer_ratios()
-    return {"true_js": res["js"], "true_kl": res["kl"], "true_nll": res["nll"], "ppl_valid": res["ppl_valid"], "actual_ratio": plan.block_ratio,
+    return {"true_js": res["js"], "true_kl": res["kl"], "true_nll": res["nll"], "ppl_valid": res["ppl_valid"],
+            "nll_valid": res["nll_valid"], "actual_ratio": plan.block_ratio,
             "layer_ratio_min": float(min(ratios)), "layer_ratio_max": float(max(ratios)), "seconds": res["seconds"],
             "compensation": res["compensation"]}
 
@@ -148,7 +135,7 @@ def judge(wb: Workbench, row: dict[str, Any], ppl_windows: int) -> dict[str, flo
 def table(rows: list[dict[str, Any]], signal: str = "js") -> pd.DataFrame:
     """The judged rows, ``true_ppr`` their true ``signal`` (the reward's) over the actual ratio; of the
     search candidates, the best by that TRUE signal per ratio becomes ``search``."""
-    t = pd.DataFrame(rows).drop(columns=["_policy", "_scores", "_a_eta"], errors="ignore")
+    t = pd.DataFrame(rows).drop(columns=["_policy", "_scores", "_a_eta", "_plan", "nll_valid"], errors="ignore")
     t["true_ppr"] = t[f"true_{signal}"] / t.actual_ratio
     static = t[t.setting == "static"]
     searched = static[static.contender.str.startswith("search#")]

@@ -1,6 +1,7 @@
 """``ppf`` — PPF: its answer for the ratio from the project's ``models/agent`` — at a static ratio
-the final choice of train_agent (the agents' and every expressible allocation's policies, the best on
-growing valid budgets), else the dynamic agent's policy."""
+the final choice of train_agent (the agents' and every expressible allocation's policies raced on
+growing valid budgets, :mod:`ppf.agent.choice`; where it is a baseline's allocation the description
+says so), else the dynamic agent's policy."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from ppf.baselines.registry import Method, register
 
 def plan(wb, ratio: float, state=None):
     decision = wb.agents.answer(ratio)
-    return f"{decision['policy']} ({decision['mode']} agent)", wb.planner.plan(decision["policy"], ratio)
+    allocation = (decision["chosen"] or {}).get("allocation")
+    desc = f"{decision['policy']} ({allocation}: nothing beat it on valid)" if allocation else \
+        f"{decision['policy']} ({decision['mode']} agent)"
+    return desc, wb.planner.plan(decision["policy"], ratio)
 
 
 METHOD = register(Method("ppf", "width", "PPF's answer: the final choice at a static ratio, else the dynamic agent's policy",

@@ -31,10 +31,11 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
 
     judged = []
     real_judge = T.V.judge
-    monkeypatch.setattr(T.V, "judge", lambda wb, row, windows: judged.append((row["ratio"], row["policy"], windows))
-                        or real_judge(wb, row, windows))
+    monkeypatch.setattr(T.V, "judge", lambda wb, plan, windows: judged.append((plan.identity, windows))
+                        or real_judge(wb, plan, windows))
     result = train_agent_flow("params.yaml", root=str(agent_project))
-    # one judgment per (ratio, policy, windows): a policy two contenders or both settings propose is judged once
+    # one judgment per (plan, windows): a policy two contenders or both settings propose, or two policies
+    # that plan alike, are judged once
     assert len(judged) == len(set(judged))
     metrics = json.loads((agent_project / "metrics" / "agent.json").read_text())
     for key in ("policy_latency_ms", "mean_ppl_agent", "mean_ppl_uniform", "mean_ppl_owl", "mean_ppl_alpha",
@@ -54,33 +55,42 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
     assert sorted(dyn.ratio.unique()) == [0.2, 0.3, 0.4]
     # the dynamic actor on its own beside the agent (which answers 0.2 / 0.4 with a static actor when one
     # exists); LLM-Pruner's allocation only where the model has layers left to prune beside its kept ones
-    assert set(dyn.contender) - {"llm_pruner"} == {"agent", "dynamic_agent", "uniform", "owl", "alpha", "shortgpt", "grid_best"}
+    assert set(dyn.contender) - {"llm_pruner", "blockpruner"} == {"agent", "dynamic_agent", "uniform", "owl", "alpha",
+                                                                   "shortgpt", "grid_best"}
     assert metrics["mean_ppl_dynamic_agent"] > 0
     assert ((table.actual_ratio - table.ratio).abs() <= 0.02 + 1e-9).all()
     assert "search" in set(table[table.setting == "static"].contender)
     curves = pd.read_csv(agent_project / "plots" / "agent" / "rewards.csv")
     assert set(curves["mode"]) == {"dynamic", "static-0.3"} and curves.episode.max() == 4
     assert result["registry"]["version"] == "1" and result["registry"]["champion"]
-    # the final choice at the static ratio: every policy contender ranked on the validation's 1 window,
-    # the best 2 re-measured on 2 (tiny profile), the better of those stored in the agent file
+    # the final choice at the static ratio: every policy contender (with the restarts' actors), identical
+    # plans merged, races on the validation's 1 window, then 2 and 4 (tiny profile); then the refinement
     stages = pd.read_csv(agent_project / "results" / "agent_choice.csv")
     static = table[(table.setting == "static") & ~table.contender.str.startswith("search")]
-    first, last = stages[stages.stage == 0], stages[stages.stage == 1]
-    assert set(first.contender) == set(static.contender) and (first.windows == 1).all()
-    assert len(last) == 2 and (last.windows == 2).all()
-    assert set(last.contender) == set(first.nsmallest(2, "ppl_valid").contender)
+    restarts = {c for c in static.contender if "@seed" in c}  # 3 restarts: the 2 not kept of each mode
+    assert len(restarts) == 4 and {c.split("@")[0] for c in restarts} == {"agent", "dynamic_agent"}
+    race, refine = stages[stages.contender != "mutant"], stages[stages.contender == "mutant"]
+    first = race[race.stage == 0]
+    assert sorted(n for names in first.contender for n in names.split("+")) == sorted(static.contender)
+    assert len(first) == static.groupby(["ppl_valid", "true_js", "true_kl"]).ngroups  # one entry per distinct plan
+    assert (first.windows == 1).all() and (first.status != "out").all()  # 1 window: nothing can be told apart
+    assert set(race.windows) <= {1, 2, 4} and race.stage.max() >= 1
     chosen = metrics["choice"]["0.3"]
-    best = last.loc[last.ppl_valid.idxmin()]
-    assert chosen["refined_from"] == best.policy and chosen["refined_from_ppl_valid"] == pytest.approx(best.ppl_valid, rel=1e-5)
-    # then refined (agent.refine, tiny: 1 generation, 2 of 4 mutants judged on 1 window, the better on 2)
-    refine = stages[stages.stage == 2]
-    assert (refine.contender == "mutant").all() and sorted(refine.windows) == [1, 1, 2]
-    assert not set(refine.policy) & {best.policy}
-    top = refine[refine.windows == 2].iloc[0]
-    assert bool(top.accepted) == (top.ppl_valid < best.ppl_valid)
-    assert chosen["ppl_valid"] == pytest.approx(min(best.ppl_valid, top.ppl_valid), rel=1e-5) and chosen["windows"] == 2
-    assert chosen["contender"] == ("refined" if top.accepted else best.contender)
-    assert chosen["policy"] == (top.policy if top.accepted else best.policy)
+    last = race[race.stage == race.stage.max()]
+    answer = last[last.policy == chosen["refined_from"]].iloc[0]
+    assert answer.status in ("leader", "floor") and chosen["decision"]["windows"] == answer.windows
+    assert chosen["refined_from_ppl_valid"] == pytest.approx(answer.ppl_valid, rel=1e-5) or chosen["contender"] == "refined"
+    if chosen["decision"]["reason"].startswith("floor"):
+        assert chosen["allocation"] and answer.status in ("floor", "leader")
+    # the refinement (tiny: 1 generation, 2 of 4 mutants judged on 1 window, the better raced on 2 and 4)
+    judged_mutants = refine[refine.status == "judged"]
+    assert len(judged_mutants) == 2 and (judged_mutants.windows == 1).all()
+    assert not set(judged_mutants.policy) & {chosen["refined_from"]}
+    assert chosen["contender"] == ("refined" if refine.accepted.any() else chosen["contender"])
+    if refine.accepted.any():
+        assert chosen["refined_vs_choice"]["ci_hi"] < 0 and chosen["policy"] == refine[refine.accepted].policy.iloc[0]
+    else:
+        assert chosen["policy"] == chosen["refined_from"]
     from ppf.agent import Agents
 
     assert Agents.load(agent_project / "models" / "agent").choice(0.3) == chosen

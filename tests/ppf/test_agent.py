@@ -130,33 +130,6 @@ def test_search_improves_the_surrogate_and_returns_distinct_plans():
     assert best[0] < 0.4 and best[-1] < 0.4  # it spared the expensive layers
 
 
-def test_the_final_choice_remeasures_survivors_on_more_windows():
-    from ppf.agent.validation import choose
-
-    def row(name, ppl, ratio=0.4, setting="static", policy=True):
-        return {"ratio": ratio, "contender": name, "policy": name, "setting": setting, "ppl_valid": ppl,
-                "_policy": Policy("uniform") if policy else None}
-
-    rows = [row("a", 10.0), row("b", 11.0), row("c", 12.0), row("d", 30.0),
-            row("search#1", 1.0, policy=False),          # a ratio vector: no policy text, never chosen
-            row("a", 1.0, setting="dynamic")]            # dynamic rows are not candidates
-    truth = {"a": 20.0, "b": 15.0, "c": 14.0, "d": 5.0}  # on more windows: c beats the stage-0 leader a
-    calls = []
-
-    def remeasure(r, windows):
-        calls.append((r["contender"], windows))
-        return truth[r["contender"]] + (0.5 if windows == 32 else 0.0) * (r["contender"] == "c") * 4
-
-    choices, log = choose(rows, 8, [(32, 3), (128, 2)], remeasure)
-    # stage 1: the best 3 on 8 windows (a, b, c) on 32 -> b 15, c 16, a 20; stage 2: b, c on 128 -> c 14
-    assert calls == [("a", 32), ("b", 32), ("c", 32), ("b", 128), ("c", 128)]
-    assert choices == {"0.4": {"contender": "c", "policy": "c", "ppl_valid": 14.0, "windows": 128, "candidates": 4}}
-    assert [(x["stage"], x["contender"]) for x in log if x["stage"] > 0] == [(1, "b"), (1, "c"), (1, "a"), (2, "c"), (2, "b")]
-    assert {x["windows"] for x in log if x["stage"] == 0} == {8}
-    only, _ = choose(rows, 8, [], remeasure)  # no stage: the validation's own ranking decides
-    assert only["0.4"]["contender"] == "a" and only["0.4"]["windows"] == 8
-
-
 def test_a_stored_choice_is_the_answer_at_its_ratio(tmp_path):
     from ppf.agent import build_actor
 

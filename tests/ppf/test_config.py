@@ -34,9 +34,10 @@ def test_defaults_fill_an_empty_file():
         ({"data": {"corpus": {"source": "files", "train": "a.txt"}}}, "missing key 'data.corpus.valid'"),
         ({"tasks": {"names": ["arc_easy"]}}, "unknown task 'arc_easy'"),
         ({"model": {"dtype": "int3"}}, "'model.dtype' = 'int3'"),
-        ({"agent": {"choice": {"windows": [32, 16], "survivors": [3, 2]}}}, "windows [32, 16] must be positive and growing"),
-        ({"agent": {"choice": {"windows": [32], "survivors": [3, 2]}}}, "one entry per stage"),
-        ({"agent": {"choice": {"windows": [8], "survivors": [3]}}}, "must start above agent.validation.ppl_windows (8)"),
+        ({"agent": {"choice": {"windows": [32, 16]}}}, "windows [32, 16] must be positive and growing"),
+        ({"agent": {"choice": {"windows": [8]}}}, "must start above agent.validation.ppl_windows (8)"),
+        ({"agent": {"choice": {"level": 1.5}}}, "'agent.choice.level' = 1.5"),
+        ({"agent": {"choice": {"windows": [32], "survivors": [3]}}}, "'agent.choice.survivors' is retired: the final choice"),
     ],
 )
 def test_bad_values_name_the_key(raw, needle):
