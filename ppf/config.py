@@ -136,15 +136,15 @@ class SpaceParams(Section):
     """Which parts of PPF's extended policy space the collected samples vary (:class:`ppf.policy.Policy`);
     ``fraction: 0`` is the paper's grid alone."""
 
-    fraction: float = Field(0.0, ge=0, le=1, description="share of the samples that also draw the extended parts")
+    fraction: float = Field(0.6, ge=0, le=1, description="share of the samples that also draw the extended parts")
     norms: list[Literal["minmax", "rank"]] = Field(["minmax", "rank"], min_length=1,
                                                    description="score normalisations drawn from")
-    keep: int = Field(0, ge=0, description="protected first / last layers, each drawn from 0..keep")
-    depth: int = Field(0, ge=0, description="whole layers removed (Block Influence order), drawn from 0..depth "
+    keep: int = Field(4, ge=0, description="protected first / last layers, each drawn from 0..keep")
+    depth: int = Field(6, ge=0, description="whole layers removed (Block Influence order), drawn from 0..depth "
                        "(never more than the ratio allows)")
-    split: tuple[float, float] | None = Field(None, description="attention share of each layer's reduction, drawn "
+    split: tuple[float, float] | None = Field((0.0, 0.5), description="attention share of each layer's reduction, drawn "
                                                "uniformly from this range (None: attention at the layer's ratio)")
-    groups: float = Field(0.0, ge=0, le=1, description="share of the extended draws that take LLM-Pruner's "
+    groups: float = Field(0.25, ge=0, le=1, description="share of the extended draws that take LLM-Pruner's "
                           "rule instead (split=groups: whole KV groups at one unit ratio)")
     orders: list[Literal["layers", "blocks"]] = Field(["layers"], min_length=1, description="depth orders drawn from: "
                                                       "layers (Block Influence, 0..depth whole layers) and/or blocks "
@@ -167,7 +167,7 @@ class WithinRatioParams(Section):
     """The within-ratio test set: at each of ``ratios``, ``n`` policies of the space, evaluated for real
     and never trained on — how well the predictor ranks policies at ONE ratio, which is what the agent asks."""
 
-    ratios: list[float] = Field(default_factory=list, description="e.g. the benchmark ratios; [] = no such set")
+    ratios: list[float] = Field([0.2, 0.4, 0.5], description="e.g. the benchmark ratios; [] = no such set")
     n: int = Field(20, ge=3, description="policies per ratio")
     seed: int = 1
 
@@ -182,7 +182,7 @@ class WithinRatioParams(Section):
 class CollectParams(Section):
     """The mask dataset: which policies are sampled and evaluated for real (paper grid by default)."""
 
-    n_samples: int | None = Field(400, gt=0, description="grid points evaluated (None = the whole grid)")
+    n_samples: int | None = Field(250, gt=0, description="grid points evaluated (None = the whole grid)")
     seed: int = 0
     ratios: tuple[float, float, float] = (0.1, 0.7, 0.025)
     a_etas: tuple[float, float, float] = (0.0, 0.5, 0.05)
@@ -220,10 +220,10 @@ class TasksParams(Section):
 class EvalParams(Section):
     seqlen: int = Field(512, ge=2)
     batch_size: int = Field(4, gt=0)
-    max_windows: int | None = Field(64, gt=0, description="perplexity windows per split (None = all)")
-    zero_shot_limit: int | None = Field(200, gt=0, description="examples per task for lm-eval")
+    max_windows: int | None = Field(32, gt=0, description="perplexity windows per split (None = all)")
+    zero_shot_limit: int | None = Field(100, gt=0, description="examples per task for lm-eval")
     matmul_precision: Literal["ieee", "bf16"] = Field(
-        "ieee", description="fp32 matrix products of every evaluation forward (perplexity, JS, zero-shot, speed): "
+        "bf16", description="fp32 matrix products of every evaluation forward (perplexity, JS, zero-shot, speed): "
         "ieee = exact fp32; bf16 = bf16 products with fp32 sums on a CPU with bf16 units (AMX / AVX512-BF16), "
         "exact fp32 elsewhere. Pruning, importance, compensation and BlockPruner's search always run in ieee")
 
@@ -232,7 +232,7 @@ class PredictorParams(Section):
     """The CNN performance predictor (paper, "CNN-based Performance Prediction Model") and its training."""
 
     input: Literal["o_proj", "attention", "mlp", "o_proj+mlp", "blocks"] = Field(
-        "o_proj", description="the mask image: o_proj heads (the paper), q/k/v/o heads, MLP channel "
+        "blocks", description="the mask image: o_proj heads (the paper), q/k/v/o heads, MLP channel "
         "density, o_proj heads + MLP density as two planes, or blocks: o_proj heads + the exact kept MLP "
         "width per layer (removed blocks are all-zero rows)")
     width: int = Field(32, gt=0, description="channels of the dilated convolutions")
@@ -242,10 +242,10 @@ class PredictorParams(Section):
     spp: bool = Field(True, description="the spatial pyramid pooling branch")
     density: bool = Field(True, description="the global-density branch")
     hidden: tuple[int, int] = (128, 32)
-    log_target: bool = Field(False, description="fit log(signal) and answer exp of it (a training set with "
+    log_target: bool = Field(True, description="fit log(signal) and answer exp of it (a training set with "
                              "values <= 0 is shifted up first): a signal spanning a wide range is then ranked as "
                              "well at its low end")
-    epochs: int = Field(60, gt=0)
+    epochs: int = Field(80, gt=0)
     batch_size: int = Field(1, gt=0, description="1 is the paper's finding")
     lr: float = Field(0.003, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -257,16 +257,16 @@ class PredictorParams(Section):
     speed_samples: int = Field(5, gt=0, description="held-out policies evaluated for real to time "
                                 "predictor vs true evaluation")
     signal: Literal["js", "kl", "nll"] = Field(
-        "js", description="the signal the predictor learns and the agent's reward divides by the actual ratio "
+        "nll", description="the signal the predictor learns and the agent's reward divides by the actual ratio "
         "(Eq 6 with js): js (the paper), kl (KL(dense || pruned), EvoPress' fitness) or nll (held-out NLL above "
         "dense, log of the perplexity ratio); all three are collected, metrics/agent.json's reward_agreement "
         "says which ranks policies like valid perplexity")
 
 
 class AgentValidation(Section):
-    """Validation of the agent on the TRUE model (paper, dynamic setting: 18 ratios in [0.2, 0.4])."""
+    """Validation of the agent on the TRUE model (the paper's dynamic setting: 18 ratios in [0.2, 0.4]; here 8)."""
 
-    n_ratios: int = Field(18, gt=0)
+    n_ratios: int = Field(8, gt=0)
     range: tuple[float, float] = (0.2, 0.4)
     ppl_windows: int = Field(8, gt=0, description="valid-split perplexity windows (eval.seqlen) per pruned model")
     grid_step: float = Field(0.05, gt=0, le=0.5, description="a_eta step of the exhaustive grid baseline")
@@ -383,7 +383,7 @@ class BenchmarkParams(Section):
     methods: list[str] = ["dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf"]
     ratios: list[float] = Field([0.2, 0.4, 0.5], min_length=1)
     max_windows: int | None = Field(32, gt=0, description="test perplexity windows of eval.seqlen (None = all)")
-    zero_shot_limit: int | None = Field(100, gt=0, description="examples per task")
+    zero_shot_limit: int | None = Field(50, gt=0, description="examples per task")
     extra_corpus: str | None = Field(None, description="a second text file (relative to the project) "
                                      "whose perplexity is reported too")
     speed_seqlen: int = Field(256, ge=2, description="batched prefill: tokens per sequence")

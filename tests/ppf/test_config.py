@@ -22,6 +22,29 @@ def test_defaults_fill_an_empty_file():
     assert parse_params({}) == Params()
 
 
+def test_the_code_defaults_are_the_default_profile(tmp_path):
+    """One source of defaults: a params file that leaves a key out gets what the default profile (the
+    committed params.yaml) says, so a notebook's ``Params()`` is the configuration the README measures."""
+    from ppf import profile
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    profile.apply(path, "default")
+    assert load_params(path) == Params()  # the whole file, key for key
+    defaults = Params().model_dump(mode="json")
+    for dotted, value in profile.read("default").items():
+        node = defaults
+        for key in dotted.split("."):
+            node = node[key]
+        assert node == _json(value), f"ppf/config.py's default for {dotted} is {node!r}, the default profile says {value!r}"
+
+
+def _json(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
 @pytest.mark.parametrize(
     "raw, needle",
     [
