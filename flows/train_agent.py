@@ -138,9 +138,9 @@ def _restarts(root: Path, params: Params, trained: dict) -> dict:
             actors.setdefault(name, {})[m] = (actor, lo, hi)
 
     def decide(modes: dict[str, tuple], dynamic: bool):
-        def policy(r: float):
-            actor, lo, hi = modes["dynamic" if dynamic else f"static-{r:g}"]
-            return space.decode(act(actor, observe(r, lo, hi)), r)
+        def policy(r: float):  # None where this seed's actor is the kept one (then it is `agent` already)
+            found = modes.get("dynamic" if dynamic else f"static-{r:g}")
+            return None if found is None else space.decode(act(found[0], observe(r, found[1], found[2])), r)
         return policy
 
     return {name: decide(modes, name.startswith("dynamic")) for name, modes in actors.items()}

@@ -68,10 +68,10 @@ def grid_best(predictor: Any, ratio: float, step: float) -> tuple[Policy, float]
 
 
 def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float], setting: str,
-               restarts: dict[str, Callable[[float], Policy]] | None = None) -> list[dict[str, Any]]:
+               restarts: dict[str, Callable[[float], Policy | None]] | None = None) -> list[dict[str, Any]]:
     """One row per (ratio, contender): its policy (object and text) and predicted signal / PPR.
     ``restarts``: more contenders by name (the agents' restarts that were not kept), each a function
-    ratio → policy."""
+    ratio → policy, or None where that restart has no actor of its own at the ratio."""
     v = params.agent.validation
     planner = predictor.planner
     n_layers = planner.shape.n_layers
@@ -92,7 +92,9 @@ def contenders(agents: Any, predictor: Any, params: Params, ratios: list[float],
                                                block_order=planner.block_order)
         if "dynamic" in agents.modes:  # the dynamic actor on its own (at a static ratio, a candidate of the choice)
             policies["dynamic_agent"] = agents.decide(r, mode="dynamic")["policy"]
-        policies |= {name: decide(r) for name, decide in (restarts or {}).items()}
+        for name, decide in (restarts or {}).items():
+            if (pol := decide(r)) is not None:
+                policies[name] = pol
         for name, pol in policies.items():
             score, actual = predicted(predictor, pol, r)
             rows.append({"ratio": r, "contender": name, "policy": str(pol), "predicted": score,
