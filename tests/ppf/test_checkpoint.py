@@ -145,7 +145,7 @@ def test_interrupted_overwrite_keeps_the_old_checkpoint(tmp_path: Path, monkeypa
     model, tok = _pruned(seed=0)
     save_pruned(model, tok, tmp_path / "ck", base="first")
     other, tok2 = _pruned(seed=1)
-    monkeypatch.setattr(checkpoint, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("EIO")))
+    monkeypatch.setattr(checkpoint.store, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("EIO")))
     with pytest.raises(OSError):
         save_pruned(other, tok2, tmp_path / "ck", base="second")
     monkeypatch.undo()
