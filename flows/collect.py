@@ -22,66 +22,22 @@ Run: ``python -m flows.collect [--params params.yaml]``.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import CACHE, ROOT, finish, run_main, workbench
-from ppf import collect as C
-from ppf.config import CollectParams, Params, load_params
-from ppf.errors import PPFError
-from ppf.io import digest, write_bytes_atomic
-from ppf.workbench import Workbench
-
-
-def context_key(root: Path, params: Params) -> str:
-    """What a sample's result depends on besides the sample: model, tokens, importance, settings.
-
-    The importance scores stand in for the weights: new weights under the same model path give new
-    scores, so a scheduled re-collection after a model update never serves stale samples.
-    """
-    data = [root / "data" / d for d in ("calibration", "importance")]
-    payload = {"model": params.model.model_dump(exclude={"device"}), "pruning": params.pruning.model_dump(),
-               "js": params.js.model_dump(), "calibration": params.calibration.model_dump(),
-               "data": digest(*[d for d in data if d.exists()])}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+from flows.common import CACHE, ROOT, Params, PPFError, finish, load_params, run_main, workbench
+from ppf.recipes import collect as R
 
 
 @task(cache_policy=CACHE, persist_result=True, task_run_name="{method}:{a_eta}{parts}@{ratio}")
 def evaluate_sample(method: str, a_eta: float, ratio: float, parts: str, holdout: bool, context: str, root: str,
                     params: Params) -> dict:
     wb = workbench(Path(root), params, context, "planner", "reference", compute_importance=True)
-    return C.evaluate(wb, C.Sample(method, a_eta, ratio, parts, holdout))
-
-
-def samples_of(root: Path, params: Params) -> list[C.Sample]:
-    """The training samples (the paper grid, with the extended parts ``collect.space`` draws) and the
-    within-ratio test set (``collect.within``), in one sorted list."""
-    c, m = params.collect, params.pruning.max_layer_ratio
-    wb = Workbench(root, params)
-    shape = wb.shape  # the config only: no weights loaded
-    order = wb.stored_block_order() if c.space.fraction > 0 and "blocks" in c.space.orders else None
-    train = C.sample_space(C.policy_grid(c.ratios, c.a_etas, tuple(c.methods)), c.n_samples, c.seed, c.space, shape, m,
-                           order)
-    return sorted(train + C.within_ratio_samples(c, shape, m, order))
-
-
-def write_dataset(root: Path, rows: list[dict]) -> pd.DataFrame:
-    """data/masks/samples.parquet, sorted by key, without the wall-clock columns (same params → same bytes)."""
-    df = pd.DataFrame(rows).sort_values("key").reset_index(drop=True)
-    if df["key"].duplicated().any():  # cannot happen by construction; guard the dataset anyway
-        raise RuntimeError("duplicate samples in the collected dataset")
-    buf = io.BytesIO()
-    df.drop(columns=["plan_s", "eval_s"]).to_parquet(buf, index=False)
-    write_bytes_atomic(root / "data" / "masks" / "samples.parquet", buf.getvalue())
-    return df
+    return R.evaluate(wb, R.Sample(method, a_eta, ratio, parts, holdout))
 
 
 @flow(name="collect", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -90,22 +46,17 @@ def collect_flow(params_path: str = "params.yaml", root: str | None = None) -> d
     root = Path(root or ROOT)
     params = load_params(root / params_path)
     c = params.collect
-    samples = samples_of(root, params)
-    context = context_key(root, params)
+    samples = R.samples_of(root, params)
+    context = R.context_key(root, params)
     start = time.perf_counter()
     futures = [evaluate_sample.submit(s.method, s.a_eta, s.ratio, s.parts, s.holdout, context, str(root), params)
                for s in samples]
-    df = write_dataset(root, [f.result() for f in futures])
-    metrics = {"n_samples": len(df), "n_within_ratio": int(df.holdout.sum()),
-               "n_extended": int((df.parts != "").sum()), "js_min": float(df.js.min()), "js_max": float(df.js.max()),
-               "plan_s_mean": float(df.plan_s.mean()), "eval_s_mean": float(df.eval_s.mean()),
-               "wall_s": time.perf_counter() - start,
-               "max_ratio_error": float((df.actual_ratio - df.ratio).abs().max())}
-    return finish(root, params, "collect", metrics,
+    df = R.write_dataset(root, [f.result() for f in futures])
+    return finish(root, params, "collect", R.summary(df, time.perf_counter() - start),
                   {"collect": c.model_dump(), "model": params.model.model_dump(), "context": context})
 
 
-def task_runner(c: CollectParams):
+def task_runner(c):
     """The task runner ``collect.runner`` asks for (the flow code does not change with it)."""
     if c.runner == "threads":
         return ThreadPoolTaskRunner(max_workers=c.workers)

@@ -1,5 +1,8 @@
 """What every flow shares: the cross-run cache policy, the per-process objects, the project root.
 
+A flow imports only this module and the recipes (:mod:`ppf.recipes`); the params type, its loader
+and the error type come from here.
+
 Prefect's TASK_SOURCE hashes only a task's own body, so a change inside ``ppf`` would not
 invalidate a cached result. ``CACHE`` adds a hash of every ppf source file to the inputs and the
 task source, so cached results are reused across runs exactly while inputs and code are the same.
@@ -25,8 +28,12 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
 import ppf
 from ppf import tracking
+from ppf.config import Params, load_params
+from ppf.errors import PPFError
 from ppf.io import write_json_atomic
 from ppf.workbench import Workbench
+
+__all__ = ["CACHE", "ROOT", "Params", "PPFError", "finish", "load_params", "per_process", "run_main", "workbench"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,8 +112,6 @@ def run_main(flow_fn, doc: str, argv: list[str] | None = None) -> int:
     import json
     import signal
     import sys
-
-    from ppf.errors import PPFError
 
     signal.signal(signal.SIGINT, _interrupted)
 

@@ -21,9 +21,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import ROOT
-from ppf.config import load_params
-from ppf.errors import PPFError
+from flows.common import ROOT, PPFError, load_params
 
 
 def _dvc(root: Path, *args: str) -> str:
@@ -95,3 +93,46 @@ def serve(root: Path, params_path: str = "params.yaml") -> None:
     from prefect import serve as prefect_serve
 
     prefect_serve(*deployments(root, params_path), limit=1)  # one pipeline run at a time
+
+
+def check_server(url: str) -> None:
+    """A PPFError naming ``url`` unless a Prefect server answers there."""
+    import httpx
+
+    try:
+        httpx.get(f"{url}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise PPFError(f"no Prefect server answers at {url} ({type(exc).__name__}); start one with "
+                       "`prefect server start` in another terminal, or pass --api-url") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.scheduled [--params P] [--api-url URL] [--dry-run]`` (what ``ppf deploy`` runs):
+    check the schedules; without ``--dry-run`` serve them to the server at URL until stopped."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="serve the scheduled refreshes of deploy.schedules")
+    ap.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
+    ap.add_argument("--api-url", default=None, help="Prefect server API (default: $PREFECT_API_URL)")
+    ap.add_argument("--dry-run", action="store_true", help="check the schedules; serve nothing")
+    args = ap.parse_args(argv)
+    root = Path.cwd()
+    try:
+        if args.dry_run:
+            deployments(root, args.params)  # validates targets and cron expressions
+            return 0
+        url = (args.api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api").rstrip("/")
+        check_server(url)
+        print(f"serving to {url} (Ctrl-C stops; scheduled runs start from the server)", file=sys.stderr, flush=True)
+        os.environ["PREFECT_API_URL"] = url
+        serve(root, args.params)
+    except PPFError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ at 50 % once found a predicted JS of 0.351 that measured 0.421). Each round:
    round searches with it.
 
 :func:`active_learning` is the loop over injected steps, so the same code runs on the real model
-(``flows/active.py``) and on a deliberately wrong surrogate in the tests.
+(the active recipe, :mod:`ppf.recipes.active`) and on a deliberately wrong surrogate in the tests.
 """
 
 from __future__ import annotations
@@ -133,36 +133,3 @@ def predicting(predictor: Any) -> Callable[[Policy, float], tuple[float, float]]
         out = predictor.predict(policy, ratio)
         return out["score"], out["actual_ratio"]
     return predict
-
-
-def run(wb: Any, first: Any, dataset: Any, evaluate: Callable[[Proposal], dict[str, Any]],
-        refit: Callable[[list[dict[str, Any]]], Any], progress: Callable[[str], None] = lambda msg: None
-        ) -> tuple[Any, list[dict], list[dict]]:
-    """:func:`active_learning` with the project's settings (``active``, the static agent ratios, the
-    agent's action space), never proposing a row of ``dataset`` (the collected DataFrame)."""
-    from ppf.agent.recipe import action_space
-    from ppf.collect import Sample
-
-    a, space = wb.params.active, action_space(wb)
-
-    def propose_with(predictor: Any, ratio: float, k: int, known: set[str], rnd: int) -> list[Proposal]:
-        return propose(predicting(predictor), space, ratio, k, a.budget, a.seed + 1000 * rnd, known)
-
-    known = {proposal_key(float(r.ratio), Sample.from_row(r).policy) for r in dataset.itertuples(index=False)}
-    return active_learning(first, list(wb.params.agent.static), a.rounds, a.k, propose_with, evaluate, refit,
-                           progress, known, wb.params.predictor.signal)
-
-
-def summary(curve: list[dict], refits: list[dict], first_held_out: dict, rows: Any, ratios: list[float],
-            signal: str = "js") -> dict:
-    """metrics/active.json: the curve keyed ``round_<n>``, the refits' held-out scores against the
-    first predictor's, whether the error on proposals fell, and the best true signal per ratio."""
-    out: dict[str, Any] = {f"round_{c['round']}": {k: v for k, v in c.items() if k != "round"} for c in curve}
-    out["refits"] = refits
-    out["first_predictor_held_out"] = {k: first_held_out.get(k) for k in ("mae", "spearman", "spearman_within_ratio")}
-    out["proposal_mae_falls"] = bool(len(curve) > 1 and curve[-1]["proposal_mae"] < curve[0]["proposal_mae"])
-    out["evaluated"] = len(rows)
-    out["signal"] = signal
-    out["best_true_signal"] = {f"{r:g}": float(rows[rows.target == r][signal].min()) for r in ratios
-                               if (rows.target == r).any()}
-    return out

@@ -115,12 +115,13 @@ def prune(model: ModelOpt = "smollm2-135m",
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Prune a model with a policy to a target ratio; print actual ratio, parameters and time."""
     from ppf.policy import Policy
-    from ppf.workbench import Workbench, prune as run_prune
+    from ppf.recipes.prune import prune as run_prune
+    from ppf.workbench import Workbench
 
     p, root = _project(params, model)
     wb = Workbench(root, p, compute_importance=True)
     if policy == "agent":  # the trained agent decides
-        from ppf.agent.recipe import answer
+        from ppf.recipes.agent import answer
 
         chosen = answer(wb, ratio)
         if chosen["warning"]:
@@ -261,7 +262,8 @@ def predict(model: ModelOpt = "smollm2-135m",
     import tempfile
 
     from ppf.policy import Policy
-    from ppf.predictor import Predictor, recipe
+    from ppf.predictor import Predictor
+    from ppf.recipes import predictor as recipe
     from ppf.workbench import Workbench
 
     pol = Policy.parse(policy)
@@ -292,7 +294,7 @@ def policy(model: ModelOpt = "smollm2-135m",
                     "(default: the registered champion, else the project's models/agent)")] = None,
            params: ParamsOpt = Path("params.yaml")) -> None:
     """The trained agent's policy for a ratio, as JSON: method, a_eta, per-layer ratios, predicted JS."""
-    from ppf.agent.recipe import answer
+    from ppf.recipes.agent import answer
     from ppf.workbench import Workbench
 
     p, root = _project(params, model)
@@ -312,7 +314,7 @@ def benchmark(model: ModelOpt = "smollm2-135m",
               out: Annotated[Path | None, typer.Option(help="CSV to write (default: results/benchmark-<model>.csv)")] = None) -> None:
     """PPF vs the baselines on a model: perplexity, zero-shot, speed, memory. Finished cells are
     cached, so an interrupted run resumes."""
-    from ppf.benchmark import run, table2
+    from ppf.recipes.benchmark import run, table2
     from ppf.importance.cache import slug
     from ppf.io import write_text_atomic
     from ppf.paths import cache_dir
@@ -484,25 +486,17 @@ def deploy(params: ParamsOpt = Path("params.yaml"),
                       f"dvc repro{' --force' if s.force else ''} {' '.join(s.targets)}"
                       + (" && dvc push" if p.deploy.push else ""))
     console.print(table)
-    if dry_run:
-        os.chdir(root)
-        from flows.scheduled import deployments
+    # the Prefect part is the flows' (flows/scheduled.py), run as its own process: the library never imports a flow
+    import subprocess
 
-        deployments(root, params.name)  # validates targets and cron expressions
-        return
-    import httpx
-
-    try:
-        httpx.get(f"{url}/health", timeout=5).raise_for_status()
-    except httpx.HTTPError as exc:
-        raise PPFError(f"no Prefect server answers at {url} ({type(exc).__name__}); start one with "
-                       "`prefect server start` in another terminal, or pass --api-url") from None
-    os.environ["PREFECT_API_URL"] = url
-    os.chdir(root)  # deployments point at flows/scheduled.py relative to the project
-    from flows.scheduled import serve
-
-    console.print(f"serving to {url} (Ctrl-C stops; scheduled runs start from the server)")
-    serve(root, params.name)
+    command = [sys.executable, "-m", "flows.scheduled", "--params", params.name, "--api-url", url]
+    with subprocess.Popen(command + (["--dry-run"] if dry_run else []), cwd=root, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # its errors and Prefect's log, as they come
+            err.print(line.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+    if proc.returncode:
+        raise typer.Exit(proc.returncode)
 
 
 @app.command(name="params")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -348,7 +349,7 @@ def compensate(dense: nn.Module, pruned: nn.Module, calib: torch.Tensor, method:
 @torch.no_grad()
 def compensate_blocks(pruned: nn.Module, statistics: DenseStatistics, method: str = "mean") -> dict[str, Any]:
     """Replace the removed blocks of a pruned model (a plan's removed attention / MLP blocks, or
-    :func:`ppf.depth.drop_blocks`) by their dense mean output over the calibration tokens, in place.
+    :func:`ppf.prune.drop_blocks`) by their dense mean output over the calibration tokens, in place.
 
     A removed block's stand-in then adds that constant (its output projection's bias) to the residual
     stream where the block stood — also in a layer removed whole. ``none`` changes nothing.
@@ -368,3 +369,37 @@ def compensate_blocks(pruned: nn.Module, statistics: DenseStatistics, method: st
             out["blocks"] += 1
     out["seconds"] = time.perf_counter() - t
     return out
+
+
+def compensate_plan(dense: nn.Module, pruned: nn.Module, calib: torch.Tensor, settings: Any, batch_size: int,
+                    statistics: Callable[[], tuple[DenseStatistics, bool]], compensation: str | None = None,
+                    blocks: str | None = None) -> dict[str, Any]:
+    """Everything a freshly pruned copy of ``dense`` gets, in place: its width compensation (``settings``
+    = ``params.pruning``: ``compensation`` unless the argument says otherwise, from ``compensation_inputs``)
+    and its removed blocks' stand-ins (``removed_blocks`` unless ``blocks`` says otherwise;
+    ``compensation="none"`` alone means none for them too: the uncompensated model).
+
+    ``statistics()`` gives the SHARED dense statistics and whether this call gathered them (their
+    one-time cost is then reported in ``statistics_s``, once). Returns :func:`compensate`'s record with
+    ``removed_blocks`` / ``blocks`` where the plan removes any."""
+    method = compensation or settings.compensation
+    blocks = blocks or ("none" if compensation == "none" else settings.removed_blocks)
+    shared, fresh = None, False
+    if method != "none" and settings.compensation_inputs == "dense":
+        st, fresh = statistics()
+        shared = st if method == "bias" or st.has_gram else None
+    record = compensate(dense, pruned, calib, method, settings.damping, batch_size, settings.compensation_inputs, shared)
+    if fresh and shared is not None:
+        record["statistics_s"] = shared.seconds
+    plan = plan_of(pruned)
+    if plan is not None and (plan.removed_attention or plan.removed_mlp):
+        if blocks == "none":
+            done: dict[str, Any] = {"method": "none", "seconds": 0.0, "blocks": 0}
+        else:
+            st, fresh = statistics()
+            done = compensate_blocks(pruned, st, blocks)
+            if fresh:
+                record["statistics_s"] = st.seconds
+        record |= {"removed_blocks": done["method"], "blocks": done["blocks"]}
+        record["seconds"] += done["seconds"]
+    return record

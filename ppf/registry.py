@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ppf import tracking
+from ppf.serving import SERVING
 
 
 class Incomparable(Exception):
@@ -24,7 +25,7 @@ def register(kind: str, file: Path, name: str, score: float, rescore: Callable[[
              tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Log + register ``file`` (inside an open MLflow run); move ``champion`` if ``score`` (lower is
     better) beats the champion's ``rescore``. Returns {version, champion, reason}."""
-    version = tracking.log_and_register(kind, file, name, tags={**(tags or {}), what: f"{score:.6g}"})
+    version = tracking.log_and_register(kind, file, name, SERVING[kind], tags={**(tags or {}), what: f"{score:.6g}"})
     current = tracking.champion(name)
     if current is None:
         promote, reason = True, "no champion yet"

@@ -118,74 +118,32 @@ def runs(root: str | Path, experiment: str) -> list[dict[str, Any]]:
 
 
 # ---- the model registry ------------------------------------------------------------------------
-class _PredictorModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of a ppf predictor: mask images [N, C, L, W] → predicted JS [N]."""
+class _Served(mlflow.pyfunc.PythonModel):
+    """The pyfunc wrapper of a registered ppf file: ``serving`` (:mod:`ppf.serving`, an object with
+    ``load(path)`` and ``predict(loaded, inputs)``) does the work; MLflow pickles it by reference, so
+    this module knows no ppf type."""
 
-    _skip_type_hint_validation = True  # inputs are arrays, not a schema mlflow could infer
+    _skip_type_hint_validation = True  # inputs are arrays or texts, not a schema mlflow could infer
 
-    def load_context(self, context):
-        from ppf.predictor import load_predictor
-
-        self.net, self.meta = load_predictor(context.artifacts["predictor"])
-
-    def predict(self, context, model_input, params=None):
-        import numpy as np
-        import torch
-
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        with torch.no_grad():
-            return self.net(x.reshape(-1, *self.meta["image_shape"])).numpy()
-
-
-class _AgentModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of ppf agents: target ratios [N] → the chosen policies as text [N]."""
-
-    _skip_type_hint_validation = True
+    def __init__(self, serving: Any, kind: str) -> None:
+        self.serving, self.kind = serving, kind
 
     def load_context(self, context):
-        from ppf.agent import Agents
-
-        self.agents = Agents.load(context.artifacts["agent"])
+        self.loaded = self.serving.load(context.artifacts[self.kind])
 
     def predict(self, context, model_input, params=None):
-        import numpy as np
-
-        return [str(self.agents.answer(float(r))["policy"]) for r in np.asarray(model_input, dtype=float).ravel()]
+        return self.serving.predict(self.loaded, model_input)
 
 
-class _PrunedModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of a pruned checkpoint: prompts [N] → greedy continuations [N] (32 tokens)."""
-
-    _skip_type_hint_validation = True
-
-    def load_context(self, context):
-        from ppf.checkpoint import load_pruned
-
-        self.model, self.tokenizer = load_pruned(context.artifacts["pruned"])
-
-    def predict(self, context, model_input, params=None):
-        import torch
-
-        out = []
-        for prompt in list(model_input):
-            ids = self.tokenizer(str(prompt), return_tensors="pt")
-            with torch.no_grad():
-                gen = self.model.generate(**ids, max_new_tokens=32, do_sample=False,
-                                          pad_token_id=self.tokenizer.eos_token_id)
-            out.append(self.tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
-        return out
-
-
-_WRAPPERS = {"predictor": _PredictorModel, "agent": _AgentModel, "pruned": _PrunedModel}
-
-
-def log_and_register(kind: str, path: str | Path, registered_name: str, tags: Mapping[str, str] | None = None) -> str:
-    """Log a ppf file (``kind`` = predictor | agent) as a pyfunc model in the active run, register it,
-    return the version. pip requirements are given, not inferred (inference is slow)."""
+def log_and_register(kind: str, path: str | Path, registered_name: str, serving: Any,
+                     tags: Mapping[str, str] | None = None) -> str:
+    """Log a ppf file (``kind`` = predictor | agent | pruned) as a pyfunc model served by ``serving``
+    (:mod:`ppf.serving`) in the active run, register it, return the version. pip requirements are
+    given, not inferred (inference is slow)."""
     import torch
 
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the cloudpickle notice: our classes are importable
-    info = mlflow.pyfunc.log_model(name=kind, python_model=_WRAPPERS[kind](), artifacts={kind: str(path)},
+    info = mlflow.pyfunc.log_model(name=kind, python_model=_Served(serving, kind), artifacts={kind: str(path)},
                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "safetensors"])
     mv = mlflow.register_model(info.model_uri, registered_name, tags=dict(tags or {}))
     return str(mv.version)
@@ -219,18 +177,16 @@ def set_run_tags(tags: Mapping[str, Any]) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def load_registered_pruned(root: str | Path, name: str, version: str = "latest"):
-    """(model, tokenizer) of a registered pruned model, e.g. ``("ppf-pruned-0.4", "latest")`` —
-    one call; ``version`` is a number, ``latest`` or ``@alias``."""
+def load_registered(root: str | Path, name: str, load: Any, version: str = "latest"):
+    """``load(directory)`` of a registered model's one artifact directory, e.g. a pruned checkpoint
+    (:func:`ppf.serving.load_registered_pruned`); ``version`` is a number, ``latest`` or ``@alias``."""
     import tempfile
-
-    from ppf.checkpoint import load_pruned
 
     configure(root)
     uri = f"models:/{name}{version}" if version.startswith("@") else f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        return load_pruned(next((local / "artifacts").iterdir()))  # the one checkpoint directory
+        return load(next((local / "artifacts").iterdir()))  # the one checkpoint directory
 
 
 # ---- comparing and promoting registered versions ----------------------------------------------

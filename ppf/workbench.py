@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -25,10 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ppf.arch import describe
 from ppf.block_order import as_order, cached_removal_order
-from ppf.checkpoint import is_checkpoint, save_pruned
-from ppf.compensate import DenseStatistics, compensate, compensate_blocks, dense_statistics
+from ppf.compensate import DenseStatistics, compensate_plan, dense_statistics
 from ppf.config import Params
 from ppf.data.corpus import calibration_batch, tokenize_text
 from ppf.errors import PPFError
@@ -38,7 +35,7 @@ from ppf.metrics import divergences, matmul_precision, next_token_logprobs, perp
 from ppf.models import load, load_config
 from ppf.paths import cache_dir
 from ppf.plan import DenseShape, PruningPlan
-from ppf.policy import Planner, Policy, UnitRanks
+from ppf.policy import Planner, UnitRanks
 from ppf.prune import prune_model
 
 TOKENS = Path("data") / "calibration" / "tokens.safetensors"
@@ -55,6 +52,7 @@ class Workbench:
         self.root, self.params, self.compute_importance = Path(root), params, compute_importance
         self.name = params.model.name
         self._splits: dict[str, torch.Tensor] = {}
+        self._statistics: DenseStatistics | None = None
 
     @classmethod
     def of(cls, model: nn.Module, tokenizer: Any, params: Params, calibration: torch.Tensor, heldout: torch.Tensor,
@@ -62,10 +60,10 @@ class Workbench:
         """A workbench around an in-memory dense model and token batches (tests, notebooks): the
         importance is computed from them, in memory."""
         wb = cls(root, params)
-        wb.__dict__.update(_loaded=(model.eval(), tokenizer), tokens=(calibration, heldout), shape=DenseShape.of(model))
+        # the cached properties, given instead of computed (a cached_property takes an assignment)
+        wb._loaded, wb.tokens, wb.shape = (model.eval(), tokenizer), (calibration, heldout), DenseShape.of(model)
         pp = params.pruning
-        imp = cached_importance(model, wb.name, calibration, pp.unit_importance, pp.outlier_m, (), None)
-        wb.__dict__["planner"] = wb._planner(imp)
+        wb.planner = wb._planner(cached_importance(model, wb.name, calibration, pp.unit_importance, pp.outlier_m, (), None))
         return wb
 
     # ---- numbers only (no weights) -------------------------------------------------------------
@@ -134,17 +132,6 @@ class Workbench:
         steps = self.block_steps(None)
         return None if steps is None else as_order(steps)
 
-    @cached_property
-    def agents(self) -> Any:
-        """The project's trained agents (models/agent), checked to be this model's."""
-        from ppf.agent import Agents  # stable-baselines3: only for the callers that decide with the agent
-
-        agents = Agents.load(self.root / "models" / "agent")
-        if agents.meta.get("model") != self.name:
-            raise PPFError(f"models/agent was trained for {agents.meta.get('model')}, not {self.name}; "
-                           "run `dvc repro train_agent` for this model or leave `ppf` out of the methods")
-        return agents
-
     # ---- the dense model -----------------------------------------------------------------------
     @cached_property
     def _loaded(self) -> tuple[nn.Module, Any]:
@@ -193,39 +180,31 @@ class Workbench:
     def compensation_tokens(self) -> torch.Tensor:
         return self.tokens[0][: self.params.pruning.compensation_samples or self.params.calibration.n_samples]
 
-    @cached_property
+    @property
     def statistics(self) -> DenseStatistics:
         """The dense model's activation statistics on the compensation tokens (gathered once; every
         plan's compensation and every removed block's mean read them)."""
-        pp = self.params.pruning
-        return dense_statistics(self.model, self.compensation_tokens, self.params.js.batch_size,
-                                gram=pp.compensation == "lsq" and pp.compensation_inputs == "dense")
+        return self._shared_statistics()[0]
+
+    def _shared_statistics(self) -> tuple[DenseStatistics, bool]:
+        """(the shared statistics, whether this call gathered them)."""
+        fresh = self._statistics is None
+        if self._statistics is None:
+            pp = self.params.pruning
+            self._statistics = dense_statistics(self.model, self.compensation_tokens, self.params.js.batch_size,
+                                                gram=pp.compensation == "lsq" and pp.compensation_inputs == "dense")
+        return self._statistics, fresh
 
     def pruned(self, plan: PruningPlan, compensation: str | None = None, blocks: str | None = None) -> nn.Module:
         """The dense model pruned to ``plan`` (a copy; the dense model stays as it is), then compensated
-        (``pruning.compensation`` unless ``compensation`` says otherwise; its stats in ``model.ppf_compensation``,
-        the shared dense statistics' one-time cost in its ``statistics_s`` when this call gathered them).
-        The plan's removed blocks are replaced as ``pruning.removed_blocks`` says (``blocks`` overrides it;
-        ``compensation="none"`` alone means none for them too: the uncompensated model)."""
-        pp = self.params.pruning
+        (:func:`ppf.compensate.compensate_plan`: ``pruning.compensation`` unless ``compensation`` says
+        otherwise, the removed blocks as ``pruning.removed_blocks`` unless ``blocks`` does; its record in
+        ``model.ppf_compensation``, the shared dense statistics' one-time cost in its ``statistics_s`` when
+        this call gathered them)."""
         model = prune_model(self.copy(), plan)
-        method = compensation or pp.compensation
-        blocks = blocks or ("none" if compensation == "none" else pp.removed_blocks)
-        dense_inputs = method != "none" and pp.compensation_inputs == "dense"
-        first = dense_inputs and "statistics" not in self.__dict__
-        shared = self.statistics if dense_inputs and (method == "bias" or self.statistics.has_gram) else None
-        model.ppf_compensation = compensate(self.model, model, self.compensation_tokens, method, pp.damping,
-                                            self.params.js.batch_size, pp.compensation_inputs, shared)
-        if first and shared is not None:
-            model.ppf_compensation["statistics_s"] = shared.seconds
-        if plan.removed_attention or plan.removed_mlp:
-            gathers = blocks != "none" and "statistics" not in self.__dict__
-            done = compensate_blocks(model, self.statistics, blocks) if blocks != "none" else \
-                {"method": "none", "seconds": 0.0, "blocks": 0}
-            model.ppf_compensation |= {"removed_blocks": done["method"], "blocks": done["blocks"]}
-            model.ppf_compensation["seconds"] += done["seconds"]
-            if gathers:
-                model.ppf_compensation["statistics_s"] = self.statistics.seconds
+        model.ppf_compensation = compensate_plan(self.model, model, self.compensation_tokens, self.params.pruning,
+                                                 self.params.js.batch_size, self._shared_statistics, compensation,
+                                                 blocks)
         return model
 
     @torch.no_grad()
@@ -274,55 +253,3 @@ class Workbench:
                     "nll_valid": nll}
         out["seconds"] = time.perf_counter() - t
         return out
-
-
-def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
-          progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """`ppf prune`: the dense model pruned with ``policy`` to ``ratio``, saved to ``out`` if given.
-
-    Returns a report: actual block and whole-model ratios, parameters before/after, seconds per step.
-    Inputs are checked before anything is loaded, and the checkpoint is written atomically.
-    """
-    if out is not None and out.exists() and not is_checkpoint(out) and (not out.is_dir() or any(out.iterdir())):
-        raise PPFError(f"--out '{out}' exists and is not a ppf checkpoint; choose a new directory")
-    if is_checkpoint(wb.name):
-        raise PPFError(f"'{wb.name}' is already a pruned checkpoint; prune its base model instead")
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-    progress(f"loading {wb.name}")
-    before = describe(wb.model)
-    times["load_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    progress("calibration tokens + importance scores (cached after the first run)")
-    wb.planner  # noqa: B018  (reads, or computes once, the importance scores)
-    if policy.depth and policy.order == "blocks" and wb.planner.block_order is None:
-        progress("BlockPruner's block order for order=blocks (searched once, then cached)")
-        steps = wb.block_steps(max(wb.params.benchmark.blockpruner.order_ratio, ratio + 0.02), compute=True)
-        wb.__dict__["planner"] = replace(wb.planner, block_order=as_order(steps))
-    times["importance_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    plan = wb.planner.plan(policy, ratio)
-    times["plan_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    progress("pruning")
-    model = wb.pruned(plan)
-    after = describe(model)
-    comp = model.ppf_compensation
-    times["compensation_s"] = comp["seconds"] + comp.get("statistics_s", 0.0)  # its statistics gathered here, once
-    times["prune_s"] = time.perf_counter() - t - times["compensation_s"]
-    if out is not None:
-        t = time.perf_counter()
-        progress(f"saving to {out}")
-        save_pruned(model, wb.tokenizer, out, base=str(wb.name),
-                    extra={"policy": str(policy), "target": ratio, "compensation": wb.params.pruning.compensation})
-        times["save_s"] = time.perf_counter() - t
-    return {
-        "model": str(wb.name), "policy": str(policy), "target_ratio": ratio,
-        "actual_block_ratio": plan.block_ratio,
-        "actual_model_ratio": 1 - after.total_params / before.total_params,
-        "params_before": before.total_params, "params_after": after.total_params,
-        "block_params_before": before.block_params, "block_params_after": after.block_params,
-        "layer_ratios": plan.layer_ratios(), "out": str(out) if out else None,
-        "compensation": wb.params.pruning.compensation, "compensation_inputs": wb.params.pruning.compensation_inputs,
-        "compensation_peak_mb": comp.get("peak_mb"), "seconds": times,
-    }

@@ -25,7 +25,8 @@ import torch
 
 from ppf.config import load_params
 from ppf.io import write_text_atomic
-from ppf.predictor import TrainConfig, recipe
+from ppf.predictor import TrainConfig
+from ppf.recipes import predictor as recipe
 from ppf.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parent.parent

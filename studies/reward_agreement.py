@@ -5,7 +5,7 @@ Not a test (nothing is asserted). Every policy contender of the agent's validati
 no policy text carries them) is pruned again and measured in ONE pass over the held-out tokens
 (``Workbench.divergences``: JS, KL(dense || pruned), NLL above dense); the valid perplexity is the
 validation's own. Per (setting, ratio) the Spearman correlation of each signal with valid
-perplexity, then their mean and worst (:func:`ppf.agent.validation.reward_agreement`, the figure the
+perplexity, then their mean and worst (:func:`ppf.recipes.validation.reward_agreement`, the figure the
 pipeline now writes to metrics/agent.json as ``reward_agreement``). Resumable: judged rows are kept in
 the CSV and skipped on a rerun. Writes studies/results/reward_agreement.{csv,md}.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ppf.agent.validation import reward_agreement
+from ppf.recipes.validation import reward_agreement
 from ppf.config import load_params
 from ppf.io import write_text_atomic
 from ppf.policy import Policy

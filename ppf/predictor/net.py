@@ -41,13 +41,15 @@ class NetConfig:
     spp: bool = True
     density: bool = True
     hidden: tuple[int, int] = (128, 32)
-    log_target: bool = False
+    log_target: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
+        """From :meth:`to_dict`'s form; a file written before ``log_target`` existed fits the signal itself."""
+        d = {"log_target": False, **d}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 

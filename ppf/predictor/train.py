@@ -23,7 +23,7 @@ from ppf.predictor.net import NetConfig, PredictorNet
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 60
+    epochs: int = 80
     batch_size: int = 1
     lr: float = 0.003
     momentum: float = 0.9

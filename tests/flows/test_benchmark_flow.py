@@ -58,7 +58,7 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
     assert (df.ppl_test > 1).all() and (df.js_test >= 0).all()
     # the cells with their configured compensation are measured in full; those without (benchmark.uncompensated:
     # ppl) only for test perplexity and JS
-    from ppf.benchmark import as_configured
+    from ppf.recipes.benchmark import as_configured
 
     full = as_configured(df, load_params(bench_project / "params.yaml"))
     assert full.zs_mean.between(0, 1).all() and (full.peak_mem_mb > 0).all() and len(full) == 7
@@ -72,11 +72,11 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
     assert result["registered"] == {"ppf-pruned-0.34": "1"}
     from ppf import tracking
 
-    model, tok = tracking.load_registered_pruned(bench_project, "ppf-pruned-0.34")
+    model, tok = serving.load_registered_pruned(bench_project, "ppf-pruned-0.34")
     assert sum(p.numel() for p in model.parameters()) == df[(df.method == "ppf") & (df.compensation == "lsq")].params.iloc[0]
 
     # a rerun takes every cell from the cache: no model is built again
-    import ppf.benchmark as B
+    import ppf.recipes.benchmark as B
 
     def boom(*a, **k):
         raise AssertionError("a cached cell was recomputed")
@@ -88,7 +88,7 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
 def test_ppf_benchmark_command_resumes_from_finished_cells(bench_project, monkeypatch, capsys):
     import sys
 
-    import ppf.benchmark as B
+    import ppf.recipes.benchmark as B
     from ppf.cli import main
 
     monkeypatch.chdir(bench_project)
@@ -121,7 +121,7 @@ def test_ppf_benchmark_command_resumes_from_finished_cells(bench_project, monkey
 
 
 def test_table2_marks_unmeasured_zero_shot_with_a_dash():
-    from ppf.benchmark import table2
+    from ppf.recipes.benchmark import table2
 
     df = pd.DataFrame({"method": ["dense", "llm_pruner", "ppf"], "target_ratio": [0.0, 0.2, 0.2],
                        "ppl_test": [20.0, 40.0, 35.0], "zs_mean": [0.8, float("nan"), 0.75]})

@@ -31,7 +31,7 @@ def test_collect_writes_the_dataset(tiny_project):
 
 
 def test_a_killed_collection_resumes_without_loss_or_duplicates(tiny_project, tmp_path, monkeypatch):
-    from ppf import collect as C
+    from ppf.recipes import collect as C
 
     _setup(tiny_project)
     real = C.evaluate

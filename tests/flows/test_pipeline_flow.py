@@ -36,9 +36,9 @@ def test_the_pipeline_runs_end_to_end_and_reruns_from_cache(tiny_project, monkey
         assert (tiny_project / f).stat().st_size > 0, f
 
     # second run: no sample, judged policy or benchmark cell is computed again
-    import ppf.agent.validation as validation
-    import ppf.benchmark as bench
-    from ppf import collect as collect_lib
+    import ppf.recipes.validation as validation
+    import ppf.recipes.benchmark as bench
+    from ppf.recipes import collect as collect_lib
 
     def boom(*a, **k):
         raise AssertionError("cached work was recomputed")

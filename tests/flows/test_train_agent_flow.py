@@ -126,24 +126,3 @@ def test_no_trained_agent_is_a_clear_error(agent_project, capsys, monkeypatch):
     code, _, err = run_cli(["policy", "--model", model, "--ratio", "0.3", "--agent", "registry:champion"], capsys)
     assert code == 2 and "champion" in err
 
-
-def test_restart_contenders_skip_a_ratio_whose_kept_actor_is_that_seed(monkeypatch):
-    """Each mode keeps its own best restart: seed 1 may be kept at one static ratio and not at another;
-    `agent@seed1` is then a contender only where it is not `agent` already."""
-    import flows.train_agent as T
-    from ppf.agent import build_actor
-    from ppf.agent.env import PAPER_SPACE
-    from ppf.config import parse_params
-
-    params = parse_params({"agent": {"static": [0.2, 0.4], "net_arch": [8]}})
-    monkeypatch.setattr(T.R, "action_space", lambda wb: PAPER_SPACE)
-    monkeypatch.setattr(T, "Workbench", lambda root, params: None)
-    state = build_actor((8,), PAPER_SPACE.dim).state_dict()
-    runs = [{"seed": k, "state": state} for k in range(3)]
-    trained = {"dynamic": {"seed": 0, "runs": runs}, "static-0.2": {"seed": 1, "runs": runs},
-               "static-0.4": {"seed": 0, "runs": runs}}
-    restarts = T._restarts(None, params, trained)
-    assert set(restarts) == {"agent@seed0", "agent@seed1", "agent@seed2", "dynamic_agent@seed1", "dynamic_agent@seed2"}
-    assert restarts["agent@seed1"](0.2) is None and restarts["agent@seed1"](0.4) is not None
-    assert restarts["agent@seed0"](0.4) is None and restarts["agent@seed0"](0.2) is not None
-    assert restarts["dynamic_agent@seed2"](0.5) is not None  # the dynamic actor answers at every static ratio

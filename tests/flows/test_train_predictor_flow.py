@@ -113,7 +113,7 @@ def test_compare_promote_and_rollback_registered_versions(trained, capsys, monke
 
 
 def test_another_signal_is_learned_from_its_column_and_replaces_a_champion_of_another_signal(trained):
-    from ppf.agent.recipe import predictor_scorer
+    from ppf.recipes.agent import predictor_scorer
     from ppf.config import load_params
     from ppf.policy import Policy
     from ppf.predictor import Predictor

@@ -151,7 +151,7 @@ def test_a_stored_choice_is_the_answer_at_its_ratio(tmp_path):
 def test_reward_agreement_says_which_signal_ranks_a_ratio_as_perplexity_does():
     import pandas as pd
 
-    from ppf.agent.validation import reward_agreement
+    from ppf.recipes.validation import reward_agreement
 
     rows = []
     for r in (0.2, 0.4):
@@ -165,3 +165,25 @@ def test_reward_agreement_says_which_signal_ranks_a_ratio_as_perplexity_does():
     assert out["kl"] == {"mean": pytest.approx(1.0), "min": pytest.approx(1.0), "ratios": 2}
     assert out["js"]["mean"] == pytest.approx(0.8) and out["nll"]["mean"] == pytest.approx(-1.0)
     assert out["best"] == "kl"
+
+
+def test_restart_contenders_skip_a_ratio_whose_kept_actor_is_that_seed(monkeypatch):
+    """Each mode keeps its own best restart: seed 1 may be kept at one static ratio and not at another;
+    `agent@seed1` is then a contender only where it is not `agent` already."""
+    import ppf.recipes.agent as R
+    from ppf.agent import build_actor
+    from ppf.agent.env import PAPER_SPACE
+    from ppf.config import parse_params
+
+    params = parse_params({"agent": {"static": [0.2, 0.4], "net_arch": [8]}})
+    monkeypatch.setattr(R, "action_space", lambda wb: PAPER_SPACE)
+    monkeypatch.setattr(R, "Workbench", lambda root, params: None)
+    state = build_actor((8,), PAPER_SPACE.dim).state_dict()
+    runs = [{"seed": k, "state": state} for k in range(3)]
+    trained = {"dynamic": {"seed": 0, "runs": runs}, "static-0.2": {"seed": 1, "runs": runs},
+               "static-0.4": {"seed": 0, "runs": runs}}
+    restarts = R.restarts(None, params, trained)
+    assert set(restarts) == {"agent@seed0", "agent@seed1", "agent@seed2", "dynamic_agent@seed1", "dynamic_agent@seed2"}
+    assert restarts["agent@seed1"](0.2) is None and restarts["agent@seed1"](0.4) is not None
+    assert restarts["agent@seed0"](0.4) is None and restarts["agent@seed0"](0.2) is not None
+    assert restarts["dynamic_agent@seed2"](0.5) is not None  # the dynamic actor answers at every static ratio

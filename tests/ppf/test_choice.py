@@ -150,14 +150,15 @@ def test_the_benchmark_names_a_baseline_allocation_that_ppf_answers(tmp_path):
     model, tok = make_llama(4, 2, layers=8)
     gen = torch.Generator().manual_seed(0)
     wb = W.Workbench.of(model, tok, parse_params({"pruning": {"compensation": "none"}}),
-                        torch.randint(4, 90, (4, 16), generator=gen), torch.randint(4, 90, (2, 16), generator=gen))
-    file = save_agents({"static-0.4": build_actor((8,))}, {"static-0.4": (0.4, 0.4)}, tmp_path / "agent",
+                        torch.randint(4, 90, (4, 16), generator=gen), torch.randint(4, 90, (2, 16), generator=gen),
+                        root=tmp_path)
+    file = save_agents({"static-0.4": build_actor((8,))}, {"static-0.4": (0.4, 0.4)}, tmp_path / "models" / "agent",
                        {"model": wb.name, "net_arch": [8]})
     for allocation, needle in ((FLOOR["llm_pruner"], "(LLM-Pruner's allocation: nothing beat it on valid)"),
                                (None, "(chosen (agent) agent)")):
         chosen = {"contender": "llm_pruner" if allocation else "agent", "policy": "uniform,keep=1:1,split=groups",
                   "allocation": allocation, "ppl_valid": 9.0, "windows": 32}
-        wb.__dict__["agents"] = Agents.load(Agents.load(file).with_choices({"0.4": chosen}, file))
+        Agents.load(file).with_choices({"0.4": chosen}, file)
         desc, plan = get("ppf").plan(wb, 0.4)
         assert desc == "uniform,keep=1:1,split=groups " + needle
         assert plan == wb.planner.plan(Policy.parse(chosen["policy"]), 0.4)

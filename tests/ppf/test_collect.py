@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from ppf.collect import Sample, evaluate, policy_grid, sample_policies
+from ppf.samples import Sample, evaluate, policy_grid, sample_policies
 from ppf.config import parse_params
 from ppf.errors import PPFError
 from ppf.policy import Policy

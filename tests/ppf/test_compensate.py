@@ -10,7 +10,7 @@ import torch
 from ppf.compensate import compensate, compensate_blocks, dense_statistics
 from ppf.errors import PPFError
 from ppf.plan import DenseShape, PruningPlan
-from ppf.policy import plan_for
+from ppf.policy import Policy, plan_for
 from ppf.prune import prune_model
 from tiny import make_llama
 
@@ -124,7 +124,7 @@ def test_the_workbench_gathers_the_dense_statistics_once(monkeypatch):
     monkeypatch.setattr(W, "dense_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
     params = parse_params({"calibration": {"n_samples": 6, "seqlen": 16}, "pruning": {"compensation": "lsq"}})
     wb = W.Workbench.of(model, tok, params, _calib(6), _calib(2, seed=4))
-    plan = wb.planner.plan(W.Policy.parse("lod:0.2"), 0.3)
+    plan = wb.planner.plan(Policy.parse("lod:0.2"), 0.3)
     first, second = wb.pruned(plan), wb.pruned(plan)
     assert len(calls) == 1 and first.ppf_compensation["statistics_s"] > 0 == second.ppf_compensation["statistics_s"]
     assert torch.equal(first(_calib(1)).logits, second(_calib(1)).logits)

@@ -17,6 +17,7 @@ from ppf.config import parse_params
 from ppf.errors import PPFError
 from ppf.plan import DenseShape
 from ppf.policy import Policy, _normalised, feasible, reach, requested_ratios
+from ppf.recipes.prune import prune
 from tiny import make_llama
 
 
@@ -125,7 +126,7 @@ def test_the_block_order_is_searched_once_stored_and_read_by_later_planners(tmp_
     wb = W.Workbench.of(model, tok, params, _tokens(4), _tokens(2, seed=3), root=tmp_path)
     assert wb.planner.block_order is None  # nothing stored yet: order=blocks is refused, as above
     policy = Policy.parse("uniform,depth=3,order=blocks")
-    report = W.prune(wb, policy, 0.35, out=None)  # `ppf prune` searches the missing order once
+    report = prune(wb, policy, 0.35, out=None)  # `ppf prune` searches the missing order once
     assert abs(report["actual_block_ratio"] - 0.35) <= params.pruning.tolerance
     batch = _tokens(4)[:2, :16].long()
     direct = removal_order(model, batch, wb.shape, 0.37)
@@ -190,14 +191,14 @@ def test_a_paper_policy_plans_exactly_as_before(bench):
 
 # ---- collection over the space, the predictor's input, the agent's action ----------------------
 def test_collection_samples_the_space_reproducibly_and_the_paper_grid_stays_as_it_was():
-    from ppf.collect import Sample, policy_grid, sample_policies, sample_space, within_ratio_samples
+    from ppf.samples import Sample, policy_grid, sample_policies, sample_space, within_ratio_samples
     from ppf.config import CollectParams, SpaceParams
 
     grid = policy_grid((0.1, 0.7, 0.025), (0.0, 0.5, 0.05), ("lod", "esd", "bi"))
     paper = sample_policies(grid, 100, 0)
     shape = DenseShape(30, 576, 9, 3, 64, 1536)  # SmolLM2
-    assert sample_space(grid, 100, 0, SpaceParams(), shape) == paper  # fraction 0: the paper's samples
-    space = SpaceParams(fraction=0.6, keep=4, depth=6, split=(0.0, 0.5))
+    assert sample_space(grid, 100, 0, SpaceParams(fraction=0.0), shape) == paper  # fraction 0: the paper's samples
+    space = SpaceParams(fraction=0.6, keep=4, depth=6, split=(0.0, 0.5), groups=0.0)
     drawn = sample_space(grid, 100, 0, space, shape)
     assert drawn == sample_space(grid, 100, 0, space, shape) and len(drawn) == 100
     extended = [s for s in drawn if s.parts]
@@ -239,9 +240,9 @@ def test_the_agents_action_covers_the_space_and_round_trips():
     from ppf.config import SpaceParams
 
     shape = DenseShape(30, 576, 9, 3, 64, 1536)
-    paper = ActionSpace.of(SpaceParams(), shape)
+    paper = ActionSpace.of(SpaceParams(fraction=0.0), shape)
     assert paper.dim == 4 and paper.decode(paper.encode(Policy("bi", 0.25))) == Policy("bi", 0.25)
-    space = ActionSpace.of(SpaceParams(fraction=0.5, keep=4, depth=6, split=(0.0, 0.5)), shape)
+    space = ActionSpace.of(SpaceParams(fraction=0.5, keep=4, depth=6, split=(0.0, 0.5), groups=0.0), shape)
     assert space.dim == 4 + 1 + 2 + 1 + 1
     pol = Policy("esd", 0.2, norm="rank", first=2, last=1, depth=3, split=0.25)
     assert space.decode(space.encode(pol), 0.4) == pol
@@ -272,7 +273,7 @@ def _smol_block_order():
 
 def test_the_blocks_order_is_a_dimension_of_collection_and_of_the_action():
     from ppf.agent.env import ActionSpace
-    from ppf.collect import Sample, policy_grid, sample_space
+    from ppf.samples import Sample, policy_grid, sample_space
     from ppf.config import SpaceParams
     from ppf.policy import depth_ratio, keep_masks, plan_for
 
@@ -330,7 +331,7 @@ def test_a_blocks_order_without_its_settings_is_one_clear_error(space, bench_ord
 
 
 def test_within_ratio_spearman_ranks_inside_each_ratio_only():
-    from ppf.predictor.recipe import by_ratio
+    from ppf.recipes.predictor import by_ratio
 
     ratios = np.array([0.2] * 4 + [0.4] * 4)
     true = np.array([1, 2, 3, 4, 5, 6, 7, 8], dtype=float)

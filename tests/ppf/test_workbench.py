@@ -53,7 +53,7 @@ def test_component_defaults_equal_the_params_defaults():
 
 
 def test_the_configured_compensation_is_applied_and_reported_and_the_benchmark_keeps_both():
-    from ppf import benchmark as B
+    from ppf.recipes import benchmark as B
 
     model, tok = make_llama(4, 2)
     g = torch.Generator().manual_seed(0)

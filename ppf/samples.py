@@ -1,12 +1,13 @@
-"""Mask-dataset collection: sample policies, evaluate each one for real (prune + JS).
+"""The samples of the mask dataset: policies of the space at target ratios, each evaluated for real.
 
-This is the predictor's training data (paper, "Implementation Details": ratios 0.1-0.7 in steps of
+This is what the predictor's training data is made of (paper, "Implementation Details": ratios 0.1-0.7 in steps of
 0.025, a_eta 0-0.5 in steps of 0.05, methods lod/esd/bi). One sample = one policy at one target
 ratio → its plan, compressed mask, actual ratio, JS divergence against the dense model and PPR.
 
 Cost is dominated by the pruned model's forward on the held-out tokens; everything else (dense
 reference log-probabilities, importance, the planner, embeddings shared by the pruned copies) is
-done once by the :class:`~ppf.workbench.Workbench` that :func:`evaluate` is handed.
+done once by the :class:`~ppf.workbench.Workbench` that :func:`evaluate` is handed. Which samples a
+project collects, and the dataset file, are the collect recipe's (:mod:`ppf.recipes.collect`).
 """
 
 from __future__ import annotations

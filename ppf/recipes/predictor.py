@@ -1,6 +1,6 @@
 """The `train_predictor` recipe: dataset → split → fit → held-out scores → files; speed; registry.
 
-Thin steps over the components, shared by the flow, the CLI and the ablation benchmark:
+Thin steps over the components, shared by the flow, the CLI, active learning and the ablation study:
 
 - :func:`prepare_data` — validated samples, their images and the seeded held-out split;
 - :func:`train_and_score` — one network trained on the training rows, scored on the held-out ones;
@@ -8,7 +8,9 @@ Thin steps over the components, shared by the flow, the CLI and the ablation ben
 - :func:`verify` — one policy's true JS (``ppf predict --verify``);
 - :func:`write_outputs` — the predictor file, the held-out table and the scatter plot;
 - :func:`register` — log + register in MLflow; move ``champion`` only if the new version is better
-  on THIS held-out set (the champion is re-scored on it, not trusted by its own old numbers).
+  on THIS held-out set (the champion is re-scored on it, not trusted by its own old numbers);
+- :func:`trained` / :func:`publish` — the stage: the training (a cached task's body), then every
+  file, metric and the MLflow run of it.
 """
 
 from __future__ import annotations
@@ -21,20 +23,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ppf import collect, plots
+from ppf import plots, samples, tracking
 from ppf.config import Params
 from ppf.errors import PPFError
-from ppf.io import write_bytes_atomic, write_text_atomic
+from ppf.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from ppf.policy import Planner, Policy
 from ppf.predictor.dataset import build_images, policy_groups, read_samples, split, within_rows
 from ppf.predictor.features import image_shape
 from ppf.predictor.net import NetConfig, PredictorNet
-from ppf.predictor.store import load_predictor, save_predictor
+from ppf.predictor.store import Predictor, load_predictor, save_predictor
 from ppf.predictor.train import TrainConfig, fit, predict, scores, timed
+from ppf.recipes.collect import DATASET
 from ppf.registry import Incomparable, locate as locate_file, register as register_version
 from ppf.workbench import Workbench
-
-DATASET = Path("data") / "masks" / "samples.parquet"
 
 
 @dataclass
@@ -64,6 +65,12 @@ def prepare_data(wb: Workbench, kind: str | None = None) -> Data:
     train, test = split(df, pp.test_fraction, pp.seed, pp.split)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return Data(df, images, train, test, within_rows(df), planner, kind, digest, pp.signal)
+
+
+def project_data(root: Path, params: Params) -> tuple[Workbench, Data]:
+    """The project's workbench (no weights loaded) and its prepared dataset."""
+    wb = Workbench(Path(root), params)
+    return wb, prepare_data(wb)
 
 
 def network(config: dict[str, Any], state: dict[str, Any]) -> PredictorNet:
@@ -160,7 +167,7 @@ def heldout_table(data: Data, pred: np.ndarray) -> pd.DataFrame:
 
 def verify(wb: Workbench, policy: Policy, ratio: float, signal: str = "js") -> dict[str, float]:
     """The TRUE ``signal`` of ``policy`` at ``ratio``: prune a copy of the model and measure it."""
-    row = collect.evaluate(wb, collect.Sample.of(policy, ratio))
+    row = samples.evaluate(wb, samples.Sample.of(policy, ratio))
     return {"true": row[signal], "true_eval_ms": 1e3 * (row["plan_s"] + row["eval_s"])}
 
 
@@ -173,19 +180,19 @@ def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50, b
     computed once beforehand).
     """
     rows = data.df.iloc[data.test[np.linspace(0, len(data.test) - 1, min(n, len(data.test))).astype(int)]]
-    samples = [collect.Sample.from_row(r) for r in rows.itertuples(index=False)]
-    pred_s = [timed(lambda s=s: predictor.predict(s.policy, s.ratio), repeat) for s in samples]
+    chosen = [samples.Sample.from_row(r) for r in rows.itertuples(index=False)]
+    pred_s = [timed(lambda s=s: predictor.predict(s.policy, s.ratio), repeat) for s in chosen]
     wb.reference  # noqa: B018  (the dense reference is computed once, outside the timings, as in collection)
-    real = [collect.evaluate(wb, s) for s in samples]
+    real = [samples.evaluate(wb, s) for s in chosen]
     true_ms = 1e3 * float(np.mean([r["plan_s"] + r["eval_s"] for r in real]))
     predictor_ms = 1e3 * float(np.mean(pred_s))
     stored = dict(zip(data.df["key"], data.y))
-    batch = [(s.policy, s.ratio) for s in samples] * (-(-batch_size // len(samples)))  # >= batch_size policies
+    batch = [(s.policy, s.ratio) for s in chosen] * (-(-batch_size // len(chosen)))  # >= batch_size policies
     batch_ms = 1e3 * timed(lambda: predictor.predict_batch(batch), 3) / len(batch)
     return {"predictor_ms": predictor_ms, "true_eval_ms": true_ms, "speedup": true_ms / predictor_ms,
             "batch_policies": len(batch), "batch_ms_per_policy": batch_ms, "batch_speedup": true_ms / batch_ms,
             "batch_vs_single": predictor_ms / batch_ms,
-            "speed_policies": len(samples),
+            "speed_policies": len(chosen),
             "speed_signal_reproduced": float(max(abs(r[data.signal] - stored[r["key"]]) for r in real))}
 
 
@@ -227,3 +234,43 @@ def locate(ref: str | Path | None, root: Path, params: Params, scratch: str | Pa
     ``registry:champion`` / ``registry:<version>``."""
     return locate_file(ref, Path(root) / "models" / "predictor", params.tracking.predictor_name,
                        "predictor.safetensors", root, scratch, "train_predictor")
+
+
+def trained(root: Path, params: Params, dataset: str) -> dict[str, Any]:
+    """Fit on the training rows of the dataset whose digest is ``dataset``; the weights, the loss curve
+    and held-out predictions as plain values (the training task's result)."""
+    data = prepare_data(Workbench(Path(root), params))
+    if data.digest != dataset:
+        raise RuntimeError("the mask dataset changed while the flow ran; rerun it")
+    config = net_config(params, data.images.shape[1])
+    net, history, pred, held_out = train_and_score(data, config, train_config(params))
+    return {"state": net.state_dict(), "config": config.to_dict(), "history": history,
+            "pred": pred.tolist(), "held_out": held_out}
+
+
+def publish(root: Path, params: Params, wb: Workbench, data: Data, result: dict[str, Any]) -> dict[str, Any]:
+    """The trained predictor's files (:func:`write_outputs`), metrics/predictor.json (held-out scores and
+    the predictor-vs-real speed) and its MLflow run and registered version; returns the metrics."""
+    pp = params.predictor
+    net = network(result["config"], result["state"])
+    held_out = result["held_out"]
+    meta = {"model": data.planner.model, "input": pp.input, "signal": data.signal,
+            "image_shape": list(image_shape(data.planner.shape, pp.input)), "dataset": data.digest,
+            "pruning": params.pruning.model_dump(), "held_out": held_out, "split": pp.split,
+            "test_fraction": pp.test_fraction, "seed": pp.seed}
+    table = heldout_table(data, np.asarray(result["pred"], dtype=np.float32))
+    paths = write_outputs(root, net.eval(), meta, table, result["history"], held_out)
+    metrics = summary(data, held_out) | speed(wb, Predictor(net, meta, data.planner), data, pp.speed_samples)
+    write_json_atomic(Path(root) / "metrics" / "predictor.json", metrics)
+    with tracking.run(root, params.tracking.experiment, "train_predictor",
+                      {"predictor": pp.model_dump(), "model": params.model.model_dump(), "dataset": data.digest},
+                      tags={"stage": "train_predictor"}):
+        for epoch, loss in enumerate(result["history"], 1):
+            tracking.log_metrics({"train_mse": loss}, step=epoch)
+        tracking.log_metrics(metrics)
+        for key in ("scatter", "heldout", "loss"):
+            tracking.log_artifact(paths[key], "plots")
+        registry = register(params, paths["predictor"], data, held_out,
+                            {"dataset": data.digest, "model": data.planner.model, "input": pp.input,
+                             "signal": data.signal})
+    return {**metrics, "registry": registry}

@@ -1,4 +1,4 @@
-"""The benchmark: PPF against re-run baselines on the same model, data and engine.
+"""The `benchmark` recipe: PPF against re-run baselines on the same model, data and engine.
 
 The methods are the registry :mod:`ppf.baselines` (dense, llm_pruner, owl, alpha, shortgpt,
 blockpruner, ppf); each turns the dense model into a pruned one at a target block ratio (the
@@ -7,7 +7,9 @@ fraction of the decoder blocks' parameters removed). Width methods hit the ratio
 they can reach (reported). :func:`evaluate` measures a model: test perplexity (and an extra corpus
 if given), zero-shot accuracy (lm-eval, local tasks), parameters, batched-prefill and batch-1
 generation tokens/s, and peak memory (weights + the prefill's peak on top of them).
-:func:`summary`, :func:`table2` and :func:`markdown` turn the cells into the reports.
+:func:`summary`, :func:`table2` and :func:`markdown` turn the cells into the reports, and
+:func:`publish` writes them (results/, plots/benchmark/, metrics/benchmark.json, the PPF-pruned
+checkpoints) and tracks them in MLflow.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ppf import plots, tracking
 from ppf.baselines import METHODS, check_methods, get
+from ppf.checkpoint import save_pruned
 from ppf.config import Params
 from ppf.evaluate import speed, zero_shot
-from ppf.io import digest, write_json_atomic
+from ppf.io import digest, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ppf.serving import PRUNED
 from ppf.metrics import js_divergence, perplexity_of, window_nll, windows
 from ppf.policy import check_ratio
 from ppf.stats import paired_ppl_difference, ppl_interval
@@ -309,3 +314,59 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
     for row in df[cols].itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---- the stage's files ----------------------------------------------------------------------------
+def publish(root: Path, params: Params, wb: Workbench, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The finished cells as results/benchmark.{csv,md}, results/benchmark_windows.csv,
+    plots/benchmark/*, metrics/benchmark.json and (with ``ppf`` among the methods)
+    models/pruned/ppf-<ratio>/; MLflow: a parent run with a nested run per cell, the PPF-pruned models
+    registered as ``ppf-pruned-<ratio>``. Returns the summary with what was registered."""
+    root = Path(root)
+    b = params.benchmark
+    df, nll, comparisons, summary_ = report(rows, params)
+    write_text_atomic(root / "results" / "benchmark.csv", df.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(root / "results" / "benchmark_windows.csv", nll.to_csv(index=False, float_format="%.9g"))
+    write_text_atomic(root / "results" / "benchmark.md", markdown(df, summary_, params, comparisons))
+    for name, png in plots.benchmark_curves(as_configured(df, params)).items():
+        write_bytes_atomic(root / "plots" / "benchmark" / f"{name}.png", png)
+    pruned = as_configured(df, params).query("method != 'dense'")
+    write_text_atomic(root / "plots" / "benchmark" / "by_ratio.csv",
+                      pruned[["method", "actual_ratio", "ppl_test", "zs_mean", "tokens_per_s", "peak_mem_mb"]]
+                      .to_csv(index=False, float_format="%.6g"))
+    write_json_atomic(root / "metrics" / "benchmark.json", summary_)
+    saved = {r: save_ppf(root, params, wb, r) for r in b.ratios} if "ppf" in b.methods else {}
+    return {**summary_, "registered": _track(root, params, df, summary_, saved)}
+
+
+def save_ppf(root: Path, params: Params, wb: Workbench, ratio: float) -> Path:
+    """Write models/pruned/ppf-<ratio> (rebuilt: cheap, and a cached cell never returns files)."""
+    model, info = build(wb, "ppf", ratio)
+    out = Path(root) / "models" / "pruned" / f"ppf-{ratio:g}"
+    save_pruned(model, wb.tokenizer, out, base=params.model.name, extra={"policy": info["policy"], "target": ratio})
+    return out
+
+
+def _track(root: Path, params: Params, df: pd.DataFrame, summary_: dict, saved: dict) -> dict:
+    """MLflow: parent run + nested run per cell; the PPF-pruned checkpoints logged and registered."""
+    registered = {}
+    with tracking.run(root, params.tracking.experiment, "benchmark",
+                      {"benchmark": params.benchmark.model_dump(), "model": params.model.model_dump()},
+                      tags={"stage": "benchmark"}):
+        tracking.log_dict(summary_, "summary.json")
+        for f in ("results/benchmark.csv", "results/benchmark.md", "plots/benchmark/ppl.png",
+                  "plots/benchmark/zeroshot.png", "plots/benchmark/speed.png"):
+            tracking.log_artifact(root / f, "results")
+        for row in df.to_dict("records"):
+            with tracking.run(root, params.tracking.experiment, f"{row['method']}@{row['target_ratio']:g}-{row['compensation']}",
+                              {"method": row["method"], "target_ratio": row["target_ratio"], "policy": row["policy"],
+                               "compensation": row["compensation"]},
+                              nested=True):
+                tracking.log_metrics({k: v for k, v in row.items() if k not in ("method", "policy", "compensation")})
+                if row["method"] == "ppf" and row["compensation"] == params.pruning.compensation \
+                        and params.benchmark.register_models:
+                    name = f"ppf-pruned-{row['target_ratio']:g}"
+                    registered[name] = tracking.log_and_register(
+                        "pruned", saved[row["target_ratio"]], name, PRUNED,
+                        {"policy": row["policy"], "ppl_test": f"{row['ppl_test']:.4g}", "model": params.model.name})
+    return registered
