@@ -11,14 +11,13 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows.common import ROOT, finish, run_main
-from ppf.config import Params, load_params
-from ppf.evaluate import evaluate_model
+from flows.common import ROOT, Params, finish, load_params, run_main
+from ppf.recipes import dense_eval as R
 
 
 @task
 def evaluate(root: Path, params: Params) -> dict:
-    return evaluate_model(params.model.name, root, params, splits=["valid", "test"], zero_shot_tasks=True)
+    return R.evaluate(root, params)
 
 
 @flow(name="dense_eval")

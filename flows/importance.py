@@ -11,28 +11,17 @@ Run: ``python -m flows.importance [--params params.yaml]``.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from prefect import flow, task
 
-from flows.common import ROOT, finish, run_main
-from ppf.config import Params, load_params
-from ppf.workbench import Workbench
+from flows.common import ROOT, Params, finish, load_params, run_main
+from ppf.recipes import importance as R
 
 
 @task
 def score(root: Path, params: Params) -> dict:
-    wb = Workbench(root, params)
-    imp = wb.importance(compute=True, save_to=root / "data" / "importance")
-    out = {"layer": imp.layer, "seconds": dict(imp.meta.get("timings", {})), "unit_importance": imp.meta["unit_importance"]}
-    limit = params.benchmark.blockpruner.order_ratio
-    if limit > 0:  # BlockPruner's greedy order, for order=blocks policies and the blockpruner baseline
-        t = time.perf_counter()
-        steps = wb.block_steps(limit, compute=True, save_to=root / "data" / "importance")
-        out["seconds"]["block_order_s"] = time.perf_counter() - t
-        out["block_order"] = [f"{s['kind']}:{s['layer']}" for s in steps]
-    return out
+    return R.score(root, params)
 
 
 @flow(name="importance")

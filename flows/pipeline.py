@@ -18,7 +18,7 @@ from prefect import flow
 from flows.active import active_flow
 from flows.benchmark import benchmark_flow
 from flows.collect import collect
-from flows.common import run_main
+from flows.common import PPFError, run_main
 from flows.dense_eval import dense_eval
 from flows.importance import importance_flow
 from flows.prepare import prepare
@@ -36,7 +36,6 @@ STAGES = {
 def pipeline_flow(params_path: str = "params.yaml", root: str | None = None,
                   stages: list[str] | None = None) -> dict:
     """Run ``stages`` (default: all, in order); return each stage's seconds."""
-    from ppf.errors import PPFError
 
     chosen = list(STAGES) if stages is None else list(stages)
     unknown = [s for s in chosen if s not in STAGES]

@@ -287,7 +287,10 @@ class AgentChoice(Section):
                                "(growing; only the contenders still tied are measured further)")
     level: float = Field(0.95, gt=0.5, lt=1, description="confidence of the paired intervals that decide")
     bootstrap: int = Field(1000, ge=100, description="paired bootstrap draws per comparison")
-    seed: int = Field(0, description="seed of the bootstrap draws")
+    min_windows: int = Field(32, gt=0, description="no contender is answered before the stages reach this many "
+                             "windows (eliminations may come earlier)")
+    seed: int = Field(0, description="seed of the bootstrap draws and of the order the valid windows are taken "
+                      "in (a random sample of the split at every budget)")
 
     @model_validator(mode="after")
     def _stages(self) -> "AgentChoice":

@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -227,28 +228,38 @@ class Workbench:
         """How many non-overlapping ``eval.seqlen`` windows the split holds."""
         return self.split_tokens(split).numel() // self.params.eval.seqlen
 
+    def window_order(self, split: str, seed: int | None) -> list[int]:
+        """The order in which a growing budget takes the split's windows: a seeded permutation, so that
+        every prefix is a random sample of the whole split (the first windows in file order come from
+        one or two articles, and a paired interval on them is narrow and wrong); ``None``: file order."""
+        n = self.n_windows(split)
+        return list(range(n)) if seed is None else [int(i) for i in np.random.default_rng(seed).permutation(n)]
+
     @torch.no_grad()
-    def window_nll(self, model: nn.Module, split: str, lo: int, hi: int) -> list[float]:
-        """The summed NLL of each ``eval.seqlen`` window ``lo .. hi - 1`` of ``split`` (the same windows,
-        and the same numbers, as the first ``hi`` of :meth:`perplexity`'s: a budget can grow window by window)."""
+    def window_nll(self, model: nn.Module, split: str, lo: int, hi: int, seed: int | None = None) -> list[float]:
+        """The summed NLL of windows ``lo .. hi - 1`` of ``split`` in :meth:`window_order` (``seed``;
+        ``None``: file order, the same windows and numbers as the first ``hi`` of :meth:`perplexity`'s): a
+        budget can grow window by window."""
         ev = self.params.eval
         n = self.n_windows(split)
         if not 0 <= lo < hi <= n:
             raise PPFError(f"windows {lo}..{hi - 1} of the {split} split: it holds {n} windows of {ev.seqlen} tokens")
         with self.forwards():
-            tokens = self.split_tokens(split)[lo * ev.seqlen: hi * ev.seqlen]
+            chosen = torch.as_tensor(self.window_order(split, seed)[lo:hi])
+            tokens = self.split_tokens(split)[: n * ev.seqlen].view(n, ev.seqlen)[chosen].reshape(-1)
             return window_nll(model, tokens, ev.seqlen, ev.batch_size).tolist()
 
     @torch.no_grad()
-    def judge(self, plan: PruningPlan, ppl_windows: int | None = None) -> dict[str, Any]:
+    def judge(self, plan: PruningPlan, ppl_windows: int | None = None, window_seed: int | None = None) -> dict[str, Any]:
         """Prune for real and measure: true JS, KL and NLL above dense on the held-out tokens
-        (:func:`ppf.metrics.divergences`; + valid perplexity on the first ``ppl_windows`` windows, with
-        each window's summed NLL in ``nll_valid``, for paired comparisons)."""
+        (:func:`ppf.metrics.divergences`; + valid perplexity on the first ``ppl_windows`` windows of
+        :meth:`window_order` (``window_seed``), with each window's summed NLL in ``nll_valid``, for
+        paired comparisons)."""
         t = time.perf_counter()
         pruned = self.pruned(plan)
         out: dict[str, Any] = {**self.divergences(pruned), "compensation": pruned.ppf_compensation["method"]}
         if ppl_windows is not None:
-            nll = self.window_nll(pruned, "valid", 0, min(ppl_windows, self.n_windows("valid")))
+            nll = self.window_nll(pruned, "valid", 0, min(ppl_windows, self.n_windows("valid")), window_seed)
             out |= {"ppl_valid": perplexity_of(torch.tensor(nll, dtype=torch.float64), self.params.eval.seqlen),
                     "nll_valid": nll}
         out["seconds"] = time.perf_counter() - t

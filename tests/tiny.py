@@ -97,7 +97,7 @@ TINY_PIPELINE = {
     "agent": {"dynamic": [0.2, 0.4], "static": [0.3], "episodes": 4, "window": 2, "learning_starts": 2,
               "batch_size": 4, "gradient_steps": 2, "net_arch": [8],
               "validation": {"n_ratios": 3, "ppl_windows": 1, "grid_step": 0.25},
-              "choice": {"windows": [2, 4]},
+              "choice": {"windows": [2, 4], "min_windows": 2},
               "refine": {"generations": 1, "offspring": 2, "proposals": 4}},
     "search": {"budget": 20, "top_k": 2},
     "active": {"rounds": 2, "k": 1, "budget": 30},

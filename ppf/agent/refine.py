@@ -89,8 +89,9 @@ def refine(start: Entry, ratio: float, *, propose: Callable[[Policy, random.Rand
     Per generation: ``propose(parent, rng)`` draws mutants, ``screen`` keeps the offspring to judge,
     each is measured on the first ``low`` valid windows, and the best of them races the parent
     (:func:`~ppf.agent.choice.race`, the parent on the floor) on ``budgets`` windows, the ``low``
-    windows it was picked on left out of the comparison: it replaces the parent only when its paired
-    interval against it lies wholly below 0. Returns (the last parent, one record per measurement)."""
+    windows it was picked on left out of the comparison: it leaves as soon as it is worse, and replaces
+    the parent only when its paired interval against it lies wholly below 0 on the LAST budget (measured
+    to the end: an early look on few windows decides nothing in its favour). Returns (the last parent, one record per measurement)."""
     rng = random.Random(f"{seed}:{ratio:.4f}")
     parent, log = start, []
     later = [b for b in budgets if b > low]
@@ -108,7 +109,7 @@ def refine(start: Entry, ratio: float, *, propose: Callable[[Policy, random.Rand
                  "status": "judged", "accepted": False} for e in judged]
         best = judged[0]
         parent.floor, best.floor = True, False
-        answer, decision, records = race([parent, best], later, measure, rule, held_out=low)
+        answer, decision, records = race([parent, best], later, measure, rule, held_out=low, confirm=True)
         accepted = answer is best
         for x in records:
             mine = x["policy"] == best.policy

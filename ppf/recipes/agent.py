@@ -132,9 +132,10 @@ def answer(wb: Workbench, ratio: float, ref: str | Path | None = None) -> dict[s
 # ---- the stage ------------------------------------------------------------------------------------
 def context_key(root: Path, params: Params) -> str:
     """What a validation judgment depends on besides the plan: collection's context (model, tokens,
-    importance, pruning settings), the evaluation settings and the valid split's text."""
+    importance, pruning settings), the evaluation settings, the order of the valid windows
+    (``agent.choice.seed``) and the valid split's text."""
     corpus = Path(root) / "data" / "corpus" / "valid.txt"
-    payload = [collect_context(root, params), params.eval.model_dump(),
+    payload = [collect_context(root, params), params.eval.model_dump(), params.agent.choice.seed,
                hashlib.sha256(corpus.read_bytes()).hexdigest()[:16] if corpus.is_file() else "none"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -224,13 +225,15 @@ def plan_input(plan: PruningPlan) -> dict[str, Any]:
 
 
 def judge(wb: Workbench, plan: dict[str, Any], ppl_windows: int) -> dict[str, Any]:
-    """A plan (:func:`plan_input`) judged on the true model (the judging task's body)."""
-    return V.judge(wb, PruningPlan.from_dict(plan), ppl_windows)
+    """A plan (:func:`plan_input`) judged on the true model (the judging task's body), its valid
+    perplexity on the first windows of the choice's order (``agent.choice.seed``)."""
+    return V.judge(wb, PruningPlan.from_dict(plan), ppl_windows, wb.params.agent.choice.seed)
 
 
 def valid_nll(wb: Workbench, plan: dict[str, Any], lo: int, hi: int) -> list[float]:
-    """The summed NLL of valid windows lo .. hi-1 of a plan's pruned model (the choice's growing budgets)."""
-    return wb.window_nll(wb.pruned(PruningPlan.from_dict(plan)), "valid", lo, hi)
+    """The summed NLL of valid windows lo .. hi-1 (in the choice's order, ``agent.choice.seed``) of a
+    plan's pruned model (the choice's growing budgets)."""
+    return wb.window_nll(wb.pruned(PruningPlan.from_dict(plan)), "valid", lo, hi, wb.params.agent.choice.seed)
 
 
 def judged(rows: list[dict], predictor: Predictor, judge_plan: Callable[[str, dict[str, Any]], dict[str, Any]]) -> list[dict]:
@@ -253,7 +256,7 @@ def choose(root: Path, params: Params, rows: list[dict], predictor: Predictor, n
     windows; every measurement of both in results/agent_choice.csv (refinement stages after the
     choice's). Returns (the choices, their wall times per ratio)."""
     a = params.agent
-    rule = C.Rule(params.eval.seqlen - 1, a.choice.bootstrap, a.choice.level, a.choice.seed)
+    rule = C.Rule(params.eval.seqlen - 1, a.choice.bootstrap, a.choice.level, a.choice.seed, a.choice.min_windows)
     stages = C.budgets(a.validation.ppl_windows, a.choice.windows, n_valid)
 
     def windows(e: C.Entry, lo: int, hi: int) -> list[float]:

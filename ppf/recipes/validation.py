@@ -123,10 +123,11 @@ def plan_of(planner: Planner, row: dict[str, Any]) -> PruningPlan:
     return planner.plan(row["_policy"], row["ratio"])
 
 
-def judge(wb: Workbench, plan: PruningPlan, ppl_windows: int) -> dict[str, Any]:
-    """True JS (with KL and the NLL above dense from the same pass) + valid perplexity of a plan, with
-    each valid window's summed NLL (``nll_valid``: what the final choice compares paired)."""
-    res = wb.judge(plan, ppl_windows)
+def judge(wb: Workbench, plan: PruningPlan, ppl_windows: int, window_seed: int | None = None) -> dict[str, Any]:
+    """True JS (with KL and the NLL above dense from the same pass) + valid perplexity of a plan on the
+    first ``ppl_windows`` windows of the choice's window order (``window_seed``), with each window's
+    summed NLL (``nll_valid``: what the final choice compares paired)."""
+    res = wb.judge(plan, ppl_windows, window_seed)
     ratios = plan.layer_ratios()
     return {"true_js": res["js"], "true_kl": res["kl"], "true_nll": res["nll"], "ppl_valid": res["ppl_valid"],
             "nll_valid": res["nll_valid"], "actual_ratio": plan.block_ratio,

@@ -100,7 +100,11 @@ def tiny_project(tmp_path: Path, tiny_model_dir: Path) -> Path:
         "calibration": {"n_samples": 4, "seqlen": 16},
         "js": {"n_samples": 2, "seqlen": 16},
         "tasks": {"limit": 5},
-        "eval": {"seqlen": 32, "max_windows": 4, "zero_shot_limit": 4},
+        "eval": {"seqlen": 32, "max_windows": 4, "zero_shot_limit": 4, "matmul_precision": "ieee"},
+        # the flow tests' own small world: the paper's grid, no within-ratio set, the paper's predictor
+        # (the code defaults are the default profile's, sized for SmolLM2)
+        "collect": {"space": {"fraction": 0.0}, "within": {"ratios": []}},
+        "predictor": {"input": "o_proj", "signal": "js", "log_target": False},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root

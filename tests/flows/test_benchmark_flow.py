@@ -70,7 +70,7 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
     metrics = json.loads((bench_project / "metrics" / "benchmark.json").read_text())
     assert "best_baseline" in metrics["0.34"] and "ppf_ppl" in metrics["0.34"]
     assert result["registered"] == {"ppf-pruned-0.34": "1"}
-    from ppf import tracking
+    from ppf import serving
 
     model, tok = serving.load_registered_pruned(bench_project, "ppf-pruned-0.34")
     assert sum(p.numel() for p in model.parameters()) == df[(df.method == "ppf") & (df.compensation == "lsq")].params.iloc[0]

@@ -14,7 +14,7 @@ from flows.prepare import prepare
 
 def _setup(project, n: int = 6):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["collect"] = {"n_samples": n, "ratios": [0.2, 0.5, 0.1]}
+    params["collect"] = {"n_samples": n, "ratios": [0.2, 0.5, 0.1], "space": {"fraction": 0.0}, "within": {"ratios": []}}
     params["pruning"] = {"unit_importance": "activation"}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     prepare("params.yaml", root=str(project))

@@ -31,8 +31,8 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
 
     judged = []
     real_judge = T.V.judge
-    monkeypatch.setattr(T.V, "judge", lambda wb, plan, windows: judged.append((plan.identity, windows))
-                        or real_judge(wb, plan, windows))
+    monkeypatch.setattr(T.V, "judge", lambda wb, plan, windows, seed: judged.append((plan.identity, windows))
+                        or real_judge(wb, plan, windows, seed))
     result = train_agent_flow("params.yaml", root=str(agent_project))
     # one judgment per (plan, windows): a policy two contenders or both settings propose, or two policies
     # that plan alike, are judged once

@@ -162,3 +162,52 @@ def test_the_benchmark_names_a_baseline_allocation_that_ppf_answers(tmp_path):
         desc, plan = get("ppf").plan(wb, 0.4)
         assert desc == "uniform,keep=1:1,split=groups " + needle
         assert plan == wb.planner.plan(Policy.parse(chosen["policy"]), 0.4)
+
+
+def test_with_confirm_an_early_lead_is_measured_to_the_last_budget():
+    # b is 3 % better on windows 0..15 and as much worse after them, equal over all 128: an early look would
+    # take it, confirm does not
+    w = Windows({"a": 0.0, "b": 0.0}, noise=0.005, n=128, seed=2)
+    w.nll["b"][:16] -= TOKENS * 0.03
+    w.nll["b"][16:] += TOKENS * 0.03 * 16 / 112
+    early, decision, _ = race(w.entries(floor=("a",)), [8, 16, 32, 64, 128], w.measure, RULE)
+    assert early.key == "b" and decision["windows"] <= 16  # without confirm: decided on its early lead
+    w.calls.clear()
+    answer, decision, log = race(w.entries(floor=("a",)), [8, 16, 32, 64, 128], w.measure, RULE, confirm=True)
+    assert answer.key == "a" and decision["windows"] == 128 and ("b", 64, 128) in w.calls
+    # a challenger clearly worse still leaves at once
+    w = Windows({"a": 0.0, "b": 0.2})
+    answer, decision, _ = race(w.entries(floor=("a",)), [8, 16, 32, 64, 128], w.measure, RULE, confirm=True)
+    assert answer.key == "a" and decision["windows"] == 8
+
+
+def test_no_answer_before_the_minimum_windows():
+    w = Windows({"agent": -0.2, "llm_pruner": 0.0})
+    _, decision, _ = race(w.entries(floor=("llm_pruner",)), [8, 16, 32, 64], w.measure, RULE)
+    assert decision["windows"] == 8  # a clear winner: decided at once without a minimum
+    answer, decision, _ = race(w.entries(floor=("llm_pruner",)), [8, 16, 32, 64], w.measure,
+                               Rule(TOKENS, n_boot=400, min_windows=32))
+    assert answer.key == "agent" and decision["windows"] == 32
+
+
+def test_the_windows_are_a_seeded_random_sample_of_the_split():
+    import torch
+
+    import ppf.workbench as W
+    from ppf.config import parse_params
+    from ppf.metrics import window_nll
+    from tiny import make_llama
+
+    model, tok = make_llama(4, 2)
+    params = parse_params({"eval": {"seqlen": 16, "batch_size": 3, "matmul_precision": "ieee"}})
+    gen = torch.Generator().manual_seed(0)
+    wb = W.Workbench.of(model, tok, params, torch.randint(4, 90, (4, 16), generator=gen),
+                        torch.randint(4, 90, (2, 16), generator=gen))
+    wb._splits["valid"] = torch.randint(4, 90, (16 * 20 + 5,), generator=gen)
+    order = wb.window_order("valid", 7)
+    assert sorted(order) == list(range(20)) and order != list(range(20)) and order == wb.window_order("valid", 7)
+    assert wb.window_order("valid", None) == list(range(20))
+    every = window_nll(model, wb._splits["valid"], 16, 4)  # file order, all 20 windows
+    grown = wb.window_nll(model, "valid", 0, 5, 7) + wb.window_nll(model, "valid", 5, 20, 7)
+    assert grown == pytest.approx([float(every[i]) for i in order], rel=1e-6)
+    assert wb.window_nll(model, "valid", 0, 4) == pytest.approx(every[:4].tolist(), rel=1e-6)

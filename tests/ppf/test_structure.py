@@ -86,3 +86,64 @@ def test_flow_functions_are_short(path):
     long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 40]
     assert long == []
+
+
+def _external(path: Path) -> set[str]:
+    """The top-level packages a file imports (anywhere in it)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "ppf").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
+def test_the_library_never_imports_prefect_or_a_flow(path):
+    assert not _external(path) & {"prefect", "prefect_dask", "flows"}
+
+
+def test_flows_import_only_flows_common_and_the_recipes():
+    """A flow adds Prefect to a recipe: it imports flows.common and ppf.recipes.*, nothing else of the
+    project. flows/pipeline.py chains the stage flows into one (the scheduled deployments' run): it is
+    the one flow that imports flows, and nothing of ppf."""
+    graph = import_graph()
+    for mod in (m for m in graph if m.startswith("flows.") and m not in ("flows.common", "flows.__init__")):
+        own = {d for d in graph[mod] if d.startswith(("ppf", "flows"))}
+        if mod == "flows.pipeline":
+            assert own <= {m for m in graph if m.startswith("flows.")} and "flows.pipeline" not in own, own
+            continue
+        assert own <= {"flows.common"} | {m for m in graph if m.startswith("ppf.recipes.")}, (mod, own)
+
+
+def _floors(graph: dict[str, set[str]]) -> dict[str, int]:
+    """Each module's floor: 1 + the highest floor it imports (no circles, so this ends)."""
+    floor: dict[str, int] = {}
+
+    def of(m: str) -> int:
+        if m not in floor:
+            floor[m] = 1 + max((of(d) for d in graph[m]), default=0)
+        return floor[m]
+
+    for m in graph:
+        of(m)
+    return floor
+
+
+def test_the_recipes_floor_sits_between_the_components_and_the_front_doors():
+    """Recipes import components, never a flow, the CLI or another stage's flow; no component imports a
+    recipe, the CLI or a flow (the old upward imports — workbench → agent, tracking → predictor and
+    agent, predictor → registry, checkpoint → export — are gone)."""
+    graph = import_graph()
+    recipes = {m for m in graph if m.startswith("ppf.recipes")}
+    front = {"ppf.cli"} | {m for m in graph if m.startswith("flows")}
+    for mod in recipes:
+        assert not graph[mod] & front, mod
+    for mod in set(graph) - recipes - front - {"ppf"}:  # ppf/__init__: the public API re-exports
+        assert not graph[mod] & (recipes | front), (mod, graph[mod] & (recipes | front))
+    assert "ppf.tracking" in graph and not {d for d in graph["ppf.tracking"] if d != "ppf.errors"}  # MLflow only
+    assert not {d for d in graph["ppf.workbench"] if d.startswith("ppf.agent")}
+    assert not graph["ppf.checkpoint.store"] & {m for m in graph if m.startswith("ppf.export")}
+    floors = _floors(graph)
+    assert all(floors[r] > floors["ppf.workbench"] for r in recipes if graph[r] & {"ppf.workbench"})
