@@ -3,7 +3,7 @@
 Output: data/importance/<model>-<key>.{json,safetensors} (read by every later stage and by
 `ppf prune`, so no policy evaluation ever runs the dense model over calibration data again), with
 BlockPruner's greedy block order up to ``benchmark.blockpruner.order_ratio``
-(<model>-blockorder-<key>.json: ``order=blocks`` policies and the blockpruner baseline), and
+(<model>-blockorder-<key>.json: ``blocks=N`` policies and the blockpruner baseline), and
 metrics/importance.json (seconds per part, the H vectors, the block order).
 Run: ``python -m flows.importance [--params params.yaml]``.
 """

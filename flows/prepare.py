@@ -63,7 +63,7 @@ def prepare(params_path: str = "params.yaml", root: str | None = None) -> dict:
     tasks = build_tasks(sources, list(params.tasks.names), params.tasks.limit, params.tasks.seed,
                         root / "data" / "tasks")
     model_dir = resolve_model(params.model.name)
-    token_counts, calib, heldout = tokenize(model_dir, splits, params.calibration.model_dump(), params.js.model_dump())
+    token_counts, calib, heldout = tokenize(model_dir, splits, params.calibration.model_dump(), params.heldout.model_dump())
     return R.publish(root, params, token_counts, calib, heldout, chars, tasks)
 
 

@@ -47,8 +47,8 @@ def train_mode(mode: str, alpha: float, beta: float, config: dict, predictor: st
 
 @task(cache_policy=CACHE, persist_result=True, task_run_name="true plan {key}")
 def judge(key: str, plan: dict, context: str, ppl_windows: int, root: str, params: Params) -> dict:
-    """True JS + valid perplexity (and each valid window's NLL) of a plan: its identity ``key`` and
-    kept units (``plan``) are the cache key, so policies that plan alike are judged once."""
+    """True JS, KL and NLL above dense + valid perplexity (and each valid window's NLL) of a plan: its
+    identity ``key`` and kept units (``plan``) are the cache key, so policies that plan alike are judged once."""
     return R.judge(workbench(Path(root), params, context, "reference"), plan, ppl_windows)
 
 

@@ -35,15 +35,14 @@ _API = {
 }
 __all__ = sorted(_API)
 
-if TYPE_CHECKING:
-    from ppf.baselines import METHODS
-    from ppf.checkpoint import load_pruned, save_pruned
-    from ppf.config import load_params
-    from ppf.prune import drop_blocks
-    from ppf.plan import DenseShape, PruningPlan
-    from ppf.policy import Planner, Policy, plan_for
-    from ppf.prune import prune_model
-    from ppf.workbench import Workbench
+if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (the `x as x` form marks a re-export)
+    from ppf.baselines import METHODS as METHODS
+    from ppf.checkpoint import load_pruned as load_pruned, save_pruned as save_pruned
+    from ppf.config import load_params as load_params
+    from ppf.plan import DenseShape as DenseShape, PruningPlan as PruningPlan
+    from ppf.policy import Planner as Planner, Policy as Policy, plan_for as plan_for
+    from ppf.prune import drop_blocks as drop_blocks, prune_model as prune_model
+    from ppf.workbench import Workbench as Workbench
 
 
 def __getattr__(name: str):

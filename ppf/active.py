@@ -91,7 +91,8 @@ def active_learning(predictor: Any, ratios: list[float], rounds: int, k: int,
     and the best true PPR found so far, per ratio and over all).
 
     ``propose_with(predictor, ratio, k, known, round)`` gives proposals; ``evaluate(proposal)`` a
-    row with at least ``signal`` (the predictor's: js, kl or nll) and ``actual_ratio`` (true); ``refit(all rows so far)`` the next predictor.
+    row with at least ``signal`` (the predictor's: js, kl or nll) and ``actual_ratio`` (true);
+    ``refit(all rows so far)`` the next predictor.
     ``known``: keys (:attr:`Proposal.key`) never to propose, e.g. the dataset's own rows.
     """
     if rounds < 1 or k < 1:

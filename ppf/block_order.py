@@ -2,7 +2,7 @@
 
 Each step removes the attention or MLP block whose removal gives the lowest calibration loss;
 any prefix of the order is the search's answer for a smaller block ratio. The importance stage
-stores it beside the layer scores (``data/importance``), so that policies with ``order=blocks``
+stores it beside the layer scores (``data/importance``), so that policies with ``blocks=N``
 (:mod:`ppf.policy`) and the ``blockpruner`` baseline read it instead of searching again.
 """
 

@@ -107,9 +107,11 @@ def info(model: ModelOpt = "smollm2-135m",
 @app.command()
 def prune(model: ModelOpt = "smollm2-135m",
           ratio: Annotated[float, typer.Option("--ratio", "-r", callback=_ratio,
-                                               help="target reduction of the transformer blocks' parameters, in (0, 1)")] = 0.2,
+                                               help="target reduction of the attention and MLP blocks' "
+                                                    "parameters, in (0, 1)")] = 0.2,
           policy: Annotated[str, typer.Option("--policy", "-p", callback=_policy,
-                                              help="lod:A | esd:A | bi:A | uniform  (A = a_eta in [0, 0.5]) | agent (the trained agent decides)")] = "uniform",
+                                              help="lod:A | esd:A | bi:A | uniform  (A = a_eta in [0, 0.5]) | "
+                                                   "agent (the trained agent decides)")] = "uniform",
           out: Annotated[Path | None, typer.Option("--out", "-o", help="write the pruned checkpoint here")] = None,
           params: ParamsOpt = Path("params.yaml"),
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -121,9 +123,9 @@ def prune(model: ModelOpt = "smollm2-135m",
     p, root = _project(params, model)
     wb = Workbench(root, p, compute_importance=True)
     if policy == "agent":  # the trained agent decides
-        from ppf.recipes.agent import answer
+        from ppf.recipes.agent import policy_for
 
-        chosen = answer(wb, ratio)
+        chosen = policy_for(wb, ratio)
         if chosen["warning"]:
             err.print(f"[bold yellow]warning:[/] {chosen['warning']}", highlight=False, soft_wrap=True)
         pol = chosen["policy"]
@@ -131,7 +133,7 @@ def prune(model: ModelOpt = "smollm2-135m",
         pol = Policy.parse(policy)
     with err.status("pruning") as status:
         report = run_prune(wb, pol, ratio, out, progress=lambda m: status.update(m))
-    rows = [("actual block reduction", f"{report['actual_block_ratio']:.4f}"),
+    rows = [("actual block ratio", f"{report['actual_block_ratio']:.4f}"),
             ("actual whole-model reduction", f"{report['actual_model_ratio']:.4f}"),
             ("params before -> after", f"{report['params_before']:,} -> {report['params_after']:,}"),
             ("block params before -> after", f"{report['block_params_before']:,} -> {report['block_params_after']:,}"),
@@ -222,7 +224,8 @@ def export(model: Annotated[str, typer.Argument(help="a ppf checkpoint directory
            gguf: Annotated[Path, typer.Option("--gguf", help="the GGUF file to write (for llama.cpp)")],
            type_: Annotated[str, typer.Option("--type", help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1, "
                                                            "or with ppf[gguf]: q4_k_m | q5_k_m | q6_k | ...")] = "f16",
-           tokenizer: Annotated[str, typer.Option(help="auto (the base model's) | hf | none (token ids only) | gguf:PATH")] = "auto",
+           tokenizer: Annotated[str, typer.Option(help="auto (the base model's) | hf | none (token ids only) "
+                                                       "| gguf:PATH")] = "auto",
            tokenizer_pre: Annotated[str | None, typer.Option(help="llama.cpp pre-tokenizer name for an hf BPE tokenizer")] = None,
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Export a pruned checkpoint (or a base model) to GGUF for llama.cpp: per-layer heads and MLP widths
@@ -257,8 +260,8 @@ def predict(model: ModelOpt = "smollm2-135m",
             verify: Annotated[bool, typer.Option("--verify", help="also prune for real and measure the true value")] = False,
             params: ParamsOpt = Path("params.yaml"),
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Predict the JS divergence (or the signal the predictor learned: predictor.signal) of a policy at a
-    ratio with the trained CNN (no weights touched)."""
+    """Predict the signal the predictor learned (predictor.signal: NLL above dense by default, or JS, KL)
+    of a policy at a ratio with the trained CNN (no weights touched)."""
     import tempfile
 
     from ppf.policy import Policy
@@ -278,7 +281,7 @@ def predict(model: ModelOpt = "smollm2-135m",
     if verify:
         with err.status(f"pruning and measuring the true {name}"):
             report |= recipe.verify(wb, pol, ratio, out["signal"])
-    rows = [("actual block reduction", f"{report['actual_ratio']:.4f}"),
+    rows = [("actual block ratio", f"{report['actual_ratio']:.4f}"),
             (f"predicted {name}", f"{report['predicted']:.5f}"), ("predictor time", f"{report['predictor_ms']:.2f} ms")]
     if verify:
         rows += [(f"true {name}", f"{report['true']:.5f}"), ("error", f"{report['predicted'] - report['true']:+.5f}"),
@@ -293,12 +296,12 @@ def policy(model: ModelOpt = "smollm2-135m",
                help="agent file/directory, or registry:champion | registry:<version> "
                     "(default: the registered champion, else the project's models/agent)")] = None,
            params: ParamsOpt = Path("params.yaml")) -> None:
-    """The trained agent's policy for a ratio, as JSON: method, a_eta, per-layer ratios, predicted JS."""
-    from ppf.recipes.agent import answer
+    """The trained agent's policy for a ratio, as JSON: method, a_eta, per-layer ratios, the predicted signal."""
+    from ppf.recipes.agent import policy_for
     from ppf.workbench import Workbench
 
     p, root = _project(params, model)
-    result = answer(Workbench(root, p), ratio, agent)
+    result = policy_for(Workbench(root, p), ratio, agent)
     result["policy"] = str(result["policy"])
     if result["warning"]:
         err.print(f"[bold yellow]warning:[/] {result['warning']}", highlight=False, soft_wrap=True)
@@ -309,9 +312,11 @@ def policy(model: ModelOpt = "smollm2-135m",
 def benchmark(model: ModelOpt = "smollm2-135m",
               methods: Annotated[str | None, typer.Option(help="comma-separated, from the registry ppf.baselines "
                                                           "(see `ppf methods`; default: benchmark.methods)")] = None,
-              ratios: Annotated[str | None, typer.Option(help="comma-separated target block ratios (default: benchmark.ratios)")] = None,
+              ratios: Annotated[str | None, typer.Option(help="comma-separated target block ratios "
+                                                         "(default: benchmark.ratios)")] = None,
               params: ParamsOpt = Path("params.yaml"),
-              out: Annotated[Path | None, typer.Option(help="CSV to write (default: results/benchmark-<model>.csv)")] = None) -> None:
+              out: Annotated[Path | None,
+                             typer.Option(help="CSV to write (default: results/benchmark-<model>.csv)")] = None) -> None:
     """PPF vs the baselines on a model: perplexity, zero-shot, speed, memory. Finished cells are
     cached, so an interrupted run resumes."""
     from ppf.recipes.benchmark import run, table2
@@ -381,7 +386,7 @@ _KEY_METRICS = {
     "agent": ["mean_ppl_agent", "mean_ppl_uniform", "mean_ppl_grid_best", "policy_latency_ms"],
     "pruned": ["ppl_test", "zs_mean", "tokens_per_s", "peak_mem_mb", "actual_ratio"],
 }
-_KEY_PARAMS = {"predictor": ["predictor.input", "predictor.epochs", "predictor.lr", "predictor.split"],
+_KEY_PARAMS = {"predictor": ["predictor.input", "predictor.epochs", "predictor.lr", "predictor.holdout"],
                "agent": ["agent.episodes", "agent.window", "agent.noise", "agent.noise_decay"],
                "pruned": ["policy"]}
 
@@ -472,7 +477,8 @@ def profile(name: Annotated[str, typer.Argument(help="tiny | default | paper")],
 def deploy(params: ParamsOpt = Path("params.yaml"),
            api_url: Annotated[str | None, typer.Option(help="Prefect server API (default: $PREFECT_API_URL, "
                                                            "else http://127.0.0.1:4200/api)")] = None,
-           dry_run: Annotated[bool, typer.Option("--dry-run", help="check and list the schedules; serve nothing")] = False) -> None:
+           dry_run: Annotated[bool, typer.Option("--dry-run",
+                                                 help="check and list the schedules; serve nothing")] = False) -> None:
     """Register the scheduled refreshes of `deploy.schedules` with a Prefect server and serve them until Ctrl-C.
 
     Start the server first, in another terminal: `prefect server start`."""
@@ -522,7 +528,7 @@ def _click_error(exc: BaseException) -> int | None:
     """Report a click/typer usage error as one line on stderr; its exit code (None: not one)."""
     from rich.markup import escape
 
-    exits = tuple(getattr(m, "Exit") for m in (typer, *_click_modules()) if hasattr(m, "Exit"))
+    exits = tuple(m.Exit for m in (typer, *_click_modules()) if hasattr(m, "Exit"))
     if isinstance(exc, exits):
         return exc.exit_code
     for mod in _click_modules():

@@ -101,7 +101,8 @@ class _Moments:
 
 def _weights(dense: nn.Linear, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     W = dense.weight.detach().to(dev, torch.float64)  # [out, in]
-    b0 = dense.bias.detach().to(dev, torch.float64) if dense.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64, device=dev)
+    b0 = (dense.bias.detach().to(dev, torch.float64) if dense.bias is not None
+          else torch.zeros(W.shape[0], dtype=torch.float64, device=dev))
     return W, b0
 
 
@@ -272,12 +273,14 @@ def _fitted(i: int, proj: str, dense: nn.Linear, pruned: nn.Linear, kept: torch.
 def _from_dense(dense: nn.Module, pruned: nn.Module, plan: Any, st: DenseStatistics, method: str,
                 damping: float, errors: bool) -> tuple[int, list[dict]]:
     fits, layers = [], 0
-    for i, (dl, pl) in enumerate(zip(dense.model.layers, pruned.model.layers)):
+    for i, (dl, pl) in enumerate(zip(dense.model.layers, pruned.model.layers, strict=True)):
         heads, channels = _cuts(plan, pl, i)
         if heads is not None:
-            fits.append(_fitted(i, "o_proj", dl.self_attn.o_proj, pl.self_attn.o_proj, heads, st.o_proj[i], method, damping, errors))
+            fits.append(_fitted(i, "o_proj", dl.self_attn.o_proj, pl.self_attn.o_proj, heads, st.o_proj[i], method,
+                                damping, errors))
         if channels is not None:
-            fits.append(_fitted(i, "down_proj", dl.mlp.down_proj, pl.mlp.down_proj, channels, st.down_proj[i], method, damping, errors))
+            fits.append(_fitted(i, "down_proj", dl.mlp.down_proj, pl.mlp.down_proj, channels, st.down_proj[i], method,
+                                damping, errors))
         layers += int(heads is not None or channels is not None)
     return layers, fits
 
@@ -286,7 +289,7 @@ def _sequential(dense: nn.Module, pruned: nn.Module, plan: Any, calib: torch.Ten
                 batch_size: int, errors: bool) -> tuple[int, list[dict]]:
     batches = _layer_inputs(pruned, calib.long(), batch_size)
     fits, layers = [], 0
-    for i, (dl, pl) in enumerate(zip(dense.model.layers, pruned.model.layers)):
+    for i, (dl, pl) in enumerate(zip(dense.model.layers, pruned.model.layers, strict=True)):
         heads, channels = _cuts(plan, pl, i)
         if heads is not None:  # the dense o_proj input on THIS layer's (compensated-so-far) input
             m = _Moments(gram=True)
@@ -304,7 +307,7 @@ def _sequential(dense: nn.Module, pruned: nn.Module, plan: Any, calib: torch.Ten
             handle.remove()
             fits.append(_fitted(i, "down_proj", dl.mlp.down_proj, pl.mlp.down_proj, channels, m, method, damping, errors))
         layers += int(heads is not None or channels is not None)
-        batches = [(h2 + pl.mlp(pl.post_attention_layernorm(h2)), kw) for h2, (_, kw) in zip(mids, batches)]
+        batches = [(h2 + pl.mlp(pl.post_attention_layernorm(h2)), kw) for h2, (_, kw) in zip(mids, batches, strict=True)]
     return layers, fits
 
 

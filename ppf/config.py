@@ -8,6 +8,8 @@ the key path, the value and what is allowed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -95,8 +97,9 @@ class CalibrationParams(Section):
     seed: int = 0
 
 
-class JSParams(Section):
-    """Held-out tokens on which the JS divergence (dense vs pruned) is measured.
+class HeldoutParams(Section):
+    """Held-out tokens on which the signals of a pruned model are measured (JS and KL against the dense
+    model, NLL above dense: :func:`ppf.metrics.divergences`).
 
     Drawn from the valid split, so they never overlap the calibration tokens (train split) that
     importance scores are computed on, nor the test split of the benchmark.
@@ -127,6 +130,8 @@ class PruningParams(Section):
     damping: float = Field(0.01, gt=0, description="lsq ridge damping, relative to the mean Gram diagonal")
     compensation_samples: int | None = Field(None, gt=0, description="calibration sequences (of calibration.seqlen) "
                                              "the compensation is fitted on; null = all calibration.n_samples")
+    compensation_batch_size: int = Field(4, gt=0, description="sequences per forward while the compensation "
+                                         "gathers its statistics")
     removed_blocks: Literal["none", "mean"] = Field(
         "mean", description="depth pruning (removed layers / attention / MLP blocks): none (they add nothing) | "
         "mean (they add their dense mean output over the calibration tokens)")
@@ -142,10 +147,10 @@ class SpaceParams(Section):
     keep: int = Field(4, ge=0, description="protected first / last layers, each drawn from 0..keep")
     depth: int = Field(6, ge=0, description="whole layers removed (Block Influence order), drawn from 0..depth "
                        "(never more than the ratio allows)")
-    split: tuple[float, float] | None = Field((0.0, 0.5), description="attention share of each layer's reduction, drawn "
+    attn: tuple[float, float] | None = Field((0.0, 0.5), description="attention share of each layer's reduction, drawn "
                                                "uniformly from this range (None: attention at the layer's ratio)")
     groups: float = Field(0.25, ge=0, le=1, description="share of the extended draws that take LLM-Pruner's "
-                          "rule instead (split=groups: whole KV groups at one unit ratio)")
+                          "rule instead (attn=groups: whole KV groups at one unit ratio)")
     orders: list[Literal["layers", "blocks"]] = Field(["layers"], min_length=1, description="depth orders drawn from: "
                                                       "layers (Block Influence, 0..depth whole layers) and/or blocks "
                                                       "(BlockPruner's stored order, 0..block_depth attention / MLP blocks)")
@@ -154,8 +159,8 @@ class SpaceParams(Section):
 
     @model_validator(mode="after")
     def _split_range(self) -> "SpaceParams":
-        if self.split is not None and not (0.0 <= self.split[0] <= self.split[1] <= 1.0):
-            raise ValueError(f"split range {list(self.split)} must satisfy 0 <= lo <= hi <= 1")
+        if self.attn is not None and not (0.0 <= self.attn[0] <= self.attn[1] <= 1.0):
+            raise ValueError(f"attn range {list(self.attn)} must satisfy 0 <= lo <= hi <= 1")
         if len(set(self.orders)) != len(self.orders):
             raise ValueError(f"orders {self.orders} names an order twice; list each once")
         if "blocks" in self.orders and self.block_depth == 0:
@@ -251,7 +256,7 @@ class PredictorParams(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of the samples")
-    split: Literal["policy", "sample"] = Field(
+    holdout: Literal["policy", "sample"] = Field(
         "policy", description="hold out whole policies (method, a_eta) at every ratio, or single samples")
     seed: int = 0
     speed_samples: int = Field(5, gt=0, description="held-out policies evaluated for real to time "
@@ -294,7 +299,7 @@ class AgentChoice(Section):
 
     @model_validator(mode="after")
     def _stages(self) -> "AgentChoice":
-        if any(w <= 0 for w in self.windows) or any(b <= a for a, b in zip(self.windows, self.windows[1:])):
+        if any(w <= 0 for w in self.windows) or any(b <= a for a, b in pairwise(self.windows)):
             raise ValueError(f"agent.choice.windows {self.windows} must be positive and growing, e.g. [16, 32, 64]")
         return self
 
@@ -376,7 +381,7 @@ class BlockPrunerParams(Section):
     n_samples: int = Field(2, gt=0, description="calibration sequences scoring each candidate removal")
     seqlen: int = Field(128, ge=2)
     order_ratio: float = Field(0.52, ge=0, lt=1, description="the importance stage searches BlockPruner's greedy "
-                               "order up to this block ratio once (policies with order=blocks remove blocks in "
+                               "order up to this block ratio once (policies with blocks=N remove blocks in "
                                "it; this baseline reads its prefix); 0 = not searched there")
 
 
@@ -452,7 +457,7 @@ class Params(Section):
     model: ModelParams = Field(default_factory=ModelParams)
     data: DataParams = Field(default_factory=DataParams)
     calibration: CalibrationParams = Field(default_factory=CalibrationParams)
-    js: JSParams = Field(default_factory=JSParams)
+    heldout: HeldoutParams = Field(default_factory=HeldoutParams)
     pruning: PruningParams = Field(default_factory=PruningParams)
     collect: CollectParams = Field(default_factory=CollectParams)
     tasks: TasksParams = Field(default_factory=TasksParams)
@@ -485,7 +490,7 @@ class Params(Section):
         return self.model_copy(update={"model": self.model.model_copy(update={"name": name})})
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
     # A discriminated union puts the chosen tag in the path ("corpus.bigbench.sdist"): keep it
     # out of the key the user has to look for.
@@ -500,6 +505,12 @@ def _describe(err: dict[str, Any]) -> str:
 
 # keys that once meant something: an error that says what replaced them (never silently ignored)
 RETIRED = {
+    "js": "the section of held-out tokens is named heldout now (it serves all three signals: js, kl, nll); rename "
+          "js: to heldout: (n_samples, seqlen, seed, batch_size); the compensation's batch is pruning.compensation_batch_size",
+    "collect.space.split": "the attention share of a policy is named attn now (policy text attn=S); rename "
+                           "collect.space.split to collect.space.attn",
+    "predictor.split": "the predictor's hold-out rule is named holdout now; rename predictor.split to predictor.holdout "
+                       "(policy | sample)",
     "agent.choice.survivors": "the final choice no longer cuts to a fixed number of survivors: a contender leaves "
                               "only when its paired interval against the leader lies above 0 (agent.choice.level "
                               "sets how sure, agent.choice.windows the growing budgets); remove the key",

@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ppf.errors import PPFError
 from ppf.plan import DenseShape, LayerPlan, PruningPlan
+
+# transformers modules are duck-typed: their submodules (self_attn, o_proj, model.layers) are attributes the
+# type checker cannot see through nn.Module.__getattr__, so they are typed Any here
+HFModule = Any
 
 
 def empty_linear(in_features: int, out_features: int, bias: bool = False, like: torch.Tensor | None = None) -> nn.Linear:
@@ -82,7 +87,7 @@ class NoAttention(_Removed):
         self.num_key_value_groups = 0
 
     @classmethod
-    def replacing(cls, attn: nn.Module, layer_idx: int, bias: bool = False) -> "NoAttention":
+    def replacing(cls, attn: HFModule, layer_idx: int, bias: bool = False) -> "NoAttention":
         return cls(layer_idx, attn.head_dim, attn.o_proj.out_features, like=attn.o_proj.weight, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, **kwargs):
@@ -105,14 +110,14 @@ class NoMLP(_Removed):
         self.down_proj = empty_linear(0, hidden, bias=bias, like=like)
 
     @classmethod
-    def replacing(cls, mlp: nn.Module, bias: bool = False) -> "NoMLP":
+    def replacing(cls, mlp: HFModule, bias: bool = False) -> "NoMLP":
         return cls(mlp.down_proj.out_features, like=mlp.down_proj.weight, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self._out(hidden_states)
 
 
-def remove_blocks(layer: nn.Module, index: int, attention: bool, mlp: bool, attention_bias: bool = False,
+def remove_blocks(layer: HFModule, index: int, attention: bool, mlp: bool, attention_bias: bool = False,
                   mlp_bias: bool = False) -> None:
     """Swap a decoder layer's attention and/or MLP (and the norm in front of each) for stand-ins; with a
     ``*_bias`` the stand-in has room for its mean output (a checkpoint's skeleton)."""
@@ -142,7 +147,7 @@ def removal_plan(shape: DenseShape, attention: Sequence[int] = (), mlp: Sequence
     return PruningPlan(shape, layers, dict(meta or {}))
 
 
-def layer_calls(model: nn.Module, batch: torch.Tensor) -> list[tuple]:
+def layer_calls(model: HFModule, batch: torch.Tensor) -> list[tuple]:
     """(hidden states in, other args, kwargs) of every decoder layer when ``model`` runs ``batch``."""
     calls: list[tuple] = []
 
@@ -159,11 +164,11 @@ def layer_calls(model: nn.Module, batch: torch.Tensor) -> list[tuple]:
     return calls
 
 
-def logits_from(model: nn.Module, calls: list[tuple], start: int) -> torch.Tensor:
+def logits_from(model: HFModule, calls: list[tuple], start: int) -> torch.Tensor:
     """The model's logits computed from layer ``start`` on, its input taken from ``calls``: the
     same operations as a full forward pass, without recomputing the layers before ``start``."""
     hidden = calls[start][0]
-    for layer, (_, args, kwargs) in zip(model.model.layers[start:], calls[start:]):
+    for layer, (_, args, kwargs) in zip(model.model.layers[start:], calls[start:], strict=True):
         out = layer(hidden, *args, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out
     return model.lm_head(model.model.norm(hidden))

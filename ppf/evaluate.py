@@ -55,11 +55,11 @@ def _quiet(level: int = logging.ERROR):
     try:
         yield
     finally:
-        for (mod, attr, _), value in zip(patched, originals):
+        for (mod, attr, _), value in zip(patched, originals, strict=True):
             setattr(mod, attr, value)
         if bars:
             datasets.enable_progress_bars()
-        for lg, lvl in zip(loggers, saved):
+        for lg, lvl in zip(loggers, saved, strict=True):
             lg.setLevel(lvl)
 
 

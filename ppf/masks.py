@@ -14,6 +14,7 @@ checked on the weights themselves, not on metadata that travelled with them.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")  # the paper's order
-KINDS = ("o_proj", "attention", "mlp", "full")
+MASK_KINDS = ("o_proj", "attention", "mlp", "full")
 
 
 # ---- unit masks and full masks -----------------------------------------------------------------
@@ -112,7 +113,7 @@ def mask_image(plan: PruningPlan, kind: str = "o_proj", bins: int | None = None)
         return mlp_image(plan, bins)
     if kind == "full":
         return _full_image(plan)
-    raise PPFError(f"unknown mask kind {kind!r}; use one of {', '.join(KINDS)}")
+    raise PPFError(f"unknown mask kind {kind!r}; use one of {', '.join(MASK_KINDS)}")
 
 
 # ---- reading a plan back off a pruned model ----------------------------------------------------
@@ -146,7 +147,7 @@ def _match(pruned: "torch.Tensor", dense: "torch.Tensor", what: str, layer: int)
             raise PPFError(f"layer {layer}: pruned {what} {bad[0]} matches no dense {what}; "
                            "is this model pruned from that dense model?")
     out = tuple(idx.tolist())
-    if any(a >= b for a, b in zip(out, out[1:])):
+    if any(a >= b for a, b in pairwise(out)):
         raise PPFError(f"layer {layer}: pruned {what}s map to dense {what}s {list(out)}, not increasing; "
                        "the model was not pruned by keeping units in dense order")
     return out
@@ -167,7 +168,7 @@ def plan_from_model(pruned_model: "nn.Module", dense_model: "nn.Module") -> Prun
                        "layer removal is not a ppf plan, compare with the model it was pruned from")
     hd = shape.head_dim
     layers = []
-    for i, (p, d) in enumerate(zip(pv, dv)):
+    for i, (p, d) in enumerate(zip(pv, dv, strict=True)):
         if p.head_dim != hd or p.o_proj.out_features != d.o_proj.out_features:
             raise PPFError(f"layer {i}: the pruned model's hidden size or head_dim differs from the dense model's; "
                            "compare with the model it was pruned from")

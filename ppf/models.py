@@ -88,7 +88,7 @@ class EmbeddedModel:
 
 
 def _truncated(fetch: Callable[[], tuple], n_layers: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The first ``n_layers`` decoder blocks of a fetched model (same embeddings, head and tokenizer).
+    """The first ``n_layers`` decoder layers of a fetched model (same embeddings, head and tokenizer).
 
     A real model cut short, not a random one: its layers, heads and channels differ in importance as
     a trained model's do, so every stage of the pipeline has something real to find, in seconds.

@@ -8,6 +8,13 @@ touching any weight (:mod:`ppf.policy`); the plan gives the binary masks and the
 (1, layers, heads) mask the predictor reads (:mod:`ppf.masks`); physical pruning applies it
 (:mod:`ppf.prune`); a pruned checkpoint stores it so the mask can be read back.
 
+Words, the same everywhere in ppf (code, params, docs): a *layer* is a decoder layer; a *block* is
+one of its two halves, the attention or the MLP; the *block ratio* (a target ratio, a plan's
+:attr:`PruningPlan.block_ratio`) is the fraction of the blocks' parameters removed (embeddings, norms
+and head are not counted); a policy's *attn* is the share of a layer's removed parameters taken from
+its attention; a corpus *split* is train / valid / test; the *held-out* tokens (``heldout``) are the
+valid tokens the signals are measured on.
+
 Indices are in the DENSE model's numbering. GQA rule (what transformers' ``repeat_kv`` needs):
 every kept KV head keeps the SAME number of query heads, all from its own group (query head ``h``
 belongs to KV head ``h // groups``); whole KV groups may go.
@@ -185,8 +192,8 @@ class PruningPlan:
         per_layer = []
         for m in rows:  # one nonzero + tolist per mask, then slices per layer (row-major: sorted per row)
             flat, ends = np.nonzero(m)[1].tolist(), np.cumsum(m.sum(axis=1)).tolist()
-            per_layer.append([tuple(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends)])
-        return cls(shape, tuple(LayerPlan(*unit) for unit in zip(*per_layer)), dict(meta or {}), _checked=True)
+            per_layer.append([tuple(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)])
+        return cls(shape, tuple(LayerPlan(*unit) for unit in zip(*per_layer, strict=True)), dict(meta or {}), _checked=True)
 
     @classmethod
     def dense(cls, shape: DenseShape) -> "PruningPlan":
@@ -201,7 +208,7 @@ def check_masks(shape: DenseShape, heads: Any, kv_heads: Any, channels: Any) -> 
 
     s = shape
     want = [(s.n_layers, s.n_heads), (s.n_layers, s.n_kv_heads), (s.n_layers, s.intermediate)]
-    for name, m, w in zip(("heads", "kv_heads", "channels"), (heads, kv_heads, channels), want):
+    for name, m, w in zip(("heads", "kv_heads", "channels"), (heads, kv_heads, channels), want, strict=True):
         if m.shape != w:
             raise PPFError(f"{name} mask has shape {m.shape}, the dense shape needs {w}")
     attention, mlp = kv_heads.any(axis=1), channels.any(axis=1)

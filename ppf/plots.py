@@ -1,6 +1,7 @@
 """Every figure ppf draws, as PNG bytes (matplotlib, Agg backend): the callers write them atomically.
 
-- :func:`predictor_scatter` — held-out predicted vs true JS, one colour per held-out policy;
+- :func:`predictor_scatter` — held-out predicted vs true signal (the predictor's: NLL above dense by
+  default), one colour per held-out policy;
 - :func:`agent_rewards` — reward per episode (and best so far) of every agent mode;
 - :func:`agent_validation` — valid perplexity of every contender across the validation ratios;
 - :func:`benchmark_curves` — test perplexity / zero-shot / speed of every method vs actual ratio.
@@ -13,8 +14,8 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt  # after choosing the backend
+import pandas as pd
 
 
 def _png(fig) -> bytes:
@@ -100,7 +101,7 @@ def benchmark_curves(df: pd.DataFrame) -> dict[str, bytes]:
             ax.axhline(float(dense[col].iloc[0]), color="k", ls="--", lw=1, label="dense")
         if log:
             ax.set_yscale("log")
-        ax.set_xlabel("actual block reduction")
+        ax.set_xlabel("actual block ratio")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
         out[name] = _png(fig)

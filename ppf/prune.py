@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ppf.arch import layers
-from ppf.depth import remove_blocks, removal_plan
+from ppf.depth import HFModule, remove_blocks, removal_plan
 from ppf.errors import PPFError
 from ppf.plan import DenseShape, PruningPlan
 
@@ -99,7 +99,7 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     check_prunable(model, plan)
     s = plan.shape
     hd = s.head_dim
-    for view, lp in zip(layers(model), plan.layers):
+    for view, lp in zip(layers(model), plan.layers, strict=True):
         if not (lp.has_attention and lp.has_mlp):  # a removed block: a zero-width stand-in (ppf.depth)
             remove_blocks(view.module, view.index, not lp.has_attention, not lp.has_mlp)
         drop_heads = _removed(lp.heads, s.n_heads)
@@ -119,7 +119,7 @@ def prune_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
     return model
 
 
-def set_attention_bookkeeping(attn: nn.Module, n_heads: int, n_kv_heads: int) -> None:
+def set_attention_bookkeeping(attn: HFModule, n_heads: int, n_kv_heads: int) -> None:
     """Make a transformers attention module consistent with ``n_heads`` / ``n_kv_heads``.
 
     transformers 5.x Llama/Mistral/Qwen2 attention only stores ``num_key_value_groups`` (and

@@ -121,10 +121,10 @@ def draw_parts(rng: random.Random, space: Any, ratio: float, shape: DenseShape, 
         depth = rng.randint(0, max(0, min(space.depth, room)))
     else:
         depth = rng.randint(0, space.block_depth)  # feasible() trims it to the ratio and the stored order
-    split = None if space.split is None else round(rng.uniform(*space.split), 3)
+    attn = None if space.attn is None else round(rng.uniform(*space.attn), 3)
     if space.groups > 0 and rng.random() < space.groups:
-        split = "groups"
-    parts = feasible(Policy("lod", 0.1, norm=norm, first=first, last=last, depth=depth, order=order, split=split),
+        attn = "groups"
+    parts = feasible(Policy("lod", 0.1, norm=norm, first=first, last=last, depth=depth, order=order, attn=attn),
                      ratio, shape, max_layer_ratio, block_order=block_order)
     return str(parts)[len("lod:0.1"):]
 
@@ -183,5 +183,6 @@ def evaluate(wb: Workbench, sample: Sample) -> dict[str, Any]:
         "removed_attention": len(plan.removed_attention), "removed_mlp": len(plan.removed_mlp),
         "actual_ratio": plan.block_ratio, "layer_ratios": [float(x) for x in plan.layer_ratios()],
         "mask": mask.astype(np.uint8).ravel().tolist(), "mask_shape": list(mask.shape),
-        "js": js, "kl": res["kl"], "nll": res["nll"], "ppr": ppr(js, plan.block_ratio), "compensation": res["compensation"], "plan_s": plan_s, "eval_s": time.perf_counter() - t - plan_s,
+        "js": js, "kl": res["kl"], "nll": res["nll"], "ppr": ppr(js, plan.block_ratio), "compensation": res["compensation"],
+        "plan_s": plan_s, "eval_s": time.perf_counter() - t - plan_s,
     }

@@ -1,11 +1,12 @@
 """Beyond the paper: a surrogate-guided search over FULL per-layer ratio vectors (CMA-ES).
 
 PPF's agent chooses among a 2-D family of policies (method, a_eta). Any vector of layer ratios
-with mean S is also a plan (:meth:`~ppf.predictor.features.Planner.plan_scores`: scores = −x,
+with mean S is also a plan (:meth:`~ppf.policy.Planner.plan_scores`: scores = −x,
 a_eta = half the spread of x), so an evolution strategy can search the whole L-dimensional space
-with the predictor as a millisecond fitness (predicted PPR = JS / r_act). The predictor is only
-trusted to rank: the final ``top_k`` candidates are handed back to be evaluated for REAL, and the
-caller keeps the best by true JS — a surrogate can be fooled far from its training data.
+with the predictor as a millisecond fitness (predicted PPR = the predictor's signal / r_act;
+``predictor.signal``, NLL above dense by default). The predictor is only trusted to rank: the final
+``top_k`` candidates are handed back to be evaluated for REAL, and the caller keeps the best by the
+true signal (:func:`ppf.recipes.validation.table`) — a surrogate can be fooled far from its training data.
 
 The search starts from the given policy's own layer ratios (e.g. the grid's best), so it can only
 refine it in the predictor's eyes. CMA-ES comes from the `cma` package.
@@ -25,7 +26,7 @@ from ppf.policy import A_ETA_MAX, Policy, requested_ratios
 class Candidate:
     scores: tuple[float, ...]  # per-layer scores for Planner.plan_scores (higher = pruned less)
     a_eta: float
-    predicted: float  # the predictor's signal (JS by default)
+    predicted: float  # the predictor's signal (predictor.signal: NLL above dense by default)
     predicted_ppr: float
     actual_ratio: float
 

@@ -41,7 +41,7 @@ class AgentServing:
         return Agents.load(path)
 
     def predict(self, agents: Any, model_input: Any) -> list[str]:
-        return [str(agents.answer(float(r))["policy"]) for r in np.asarray(model_input, dtype=float).ravel()]
+        return [str(agents.policy_for(float(r))["policy"]) for r in np.asarray(model_input, dtype=float).ravel()]
 
 
 class PrunedServing:

@@ -17,7 +17,7 @@ import numpy as np
 from ppf.errors import PPFError
 
 
-def _check(nll: Sequence[float], name: str) -> np.ndarray:
+def _check(nll: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(nll, dtype=np.float64)
     if x.ndim != 1 or x.size < 2 or not np.isfinite(x).all():
         raise PPFError(f"{name}: need at least 2 finite per-window NLLs, got {x.shape}; evaluate more windows")
@@ -39,7 +39,7 @@ def ppl_interval(nll: Sequence[float], tokens_per_window: int, n_boot: int = 200
     return float(np.quantile(ppl, a)), float(np.quantile(ppl, 1 - a))
 
 
-def paired_ppl_difference(nll_a: Sequence[float], nll_b: Sequence[float], tokens_per_window: int,
+def paired_ppl_difference(nll_a: Sequence[float] | np.ndarray, nll_b: Sequence[float] | np.ndarray, tokens_per_window: int,
                           n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """ppl_a / ppl_b − 1 in % (negative: a is better) with its paired bootstrap interval."""
     a, b = _check(nll_a, "model a"), _check(nll_b, "model b")

@@ -84,12 +84,12 @@ class Workbench:
         if path.is_file():
             tensors, meta = read_tensors(path)
             if meta.get("model") == str(self.name) and meta.get("calibration") == p.calibration.model_dump() \
-                    and meta.get("js") == p.js.model_dump():
+                    and meta.get("heldout") == p.heldout.model_dump():
                 return tensors["calibration"], tensors["heldout"]
         corpus = self.root / "data" / "corpus"
         if not (corpus / "train.txt").is_file() or not (corpus / "valid.txt").is_file():
             raise PPFError(f"no prepared corpus in '{corpus}'; run `dvc repro prepare` in the project first")
-        cal, js = p.calibration, p.js
+        cal, js = p.calibration, p.heldout
         return (calibration_batch(self.split_tokens("train"), cal.n_samples, cal.seqlen, cal.seed),
                 calibration_batch(self.split_tokens("valid"), js.n_samples, js.seqlen, js.seed))
 
@@ -123,7 +123,7 @@ class Workbench:
 
     def _planner(self, imp: Importance) -> Planner:
         """The planner over ``imp``, with BlockPruner's order where one is stored (any length: a
-        policy's ``order=blocks`` takes its first ``depth`` blocks, and says so when it is too short)."""
+        policy's ``blocks=N`` takes its first ``depth`` blocks, and says so when it is too short)."""
         pp = self.params.pruning
         return Planner(str(self.name), self.shape, dict(imp.layer), UnitRanks.of(imp.units, self.shape),
                        pp.max_layer_ratio, pp.tolerance, self.stored_block_order())
@@ -163,7 +163,7 @@ class Workbench:
     def reference(self) -> torch.Tensor:
         """The dense model's next-token log-probabilities on the held-out tokens (computed once)."""
         with self.forwards():
-            return next_token_logprobs(self.model, self.tokens[1], self.params.js.batch_size)
+            return next_token_logprobs(self.model, self.tokens[1], self.params.heldout.batch_size)
 
     def forwards(self) -> Any:
         """The context every evaluation forward runs in: ``eval.matmul_precision``."""
@@ -192,7 +192,7 @@ class Workbench:
         fresh = self._statistics is None
         if self._statistics is None:
             pp = self.params.pruning
-            self._statistics = dense_statistics(self.model, self.compensation_tokens, self.params.js.batch_size,
+            self._statistics = dense_statistics(self.model, self.compensation_tokens, self.params.pruning.compensation_batch_size,
                                                 gram=pp.compensation == "lsq" and pp.compensation_inputs == "dense")
         return self._statistics, fresh
 
@@ -204,8 +204,8 @@ class Workbench:
         this call gathered them)."""
         model = prune_model(self.copy(), plan)
         model.ppf_compensation = compensate_plan(self.model, model, self.compensation_tokens, self.params.pruning,
-                                                 self.params.js.batch_size, self._shared_statistics, compensation,
-                                                 blocks)
+                                                 self.params.pruning.compensation_batch_size, self._shared_statistics,
+                                                 compensation, blocks)
         return model
 
     @torch.no_grad()
@@ -216,7 +216,7 @@ class Workbench:
     def divergences(self, model: nn.Module) -> dict[str, float]:
         """JS, KL(dense || model) and the NLL above dense on the held-out tokens, in one pass."""
         with self.forwards():  # nested with the reference's own: the same precision, restored on exit
-            return divergences(self.reference, model, self.tokens[1], self.params.js.batch_size)
+            return divergences(self.reference, model, self.tokens[1], self.params.heldout.batch_size)
 
     @torch.no_grad()
     def perplexity(self, model: nn.Module, split: str, max_windows: int | None) -> float:

@@ -148,7 +148,8 @@ def main() -> None:
                   "|---|---|---|" + "---|---|---|" * len(comps)]
         for r in rows:
             lines.append(f"| {r['ratio']:.2f} | {r['policy']} | {r['ppl_valid']:.2f} | "
-                         + " | ".join(f"{r[c + '_s']:.2f} | {r[c + '_ppl_valid']:.2f} | {r[c + '_js']:.4f}" for c in comps) + " |")
+                         + " | ".join(f"{r[c + '_s']:.2f} | {r[c + '_ppl_valid']:.2f} | {r[c + '_js']:.4f}" for c in comps)
+                         + " |")
     write_text_atomic(out / "engine.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -6,13 +6,12 @@ test folder may have a conftest of its own, and they would shadow each other).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from tiny import make_llama, make_text, make_tokenizer  # noqa: F401  (re-exported for fixtures)
+from tiny import make_llama
 
 
 @pytest.fixture(params=["mha", "gqa"])

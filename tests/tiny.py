@@ -158,7 +158,8 @@ def git_project(dest: Path, wheel: Path, profile: str = "tiny") -> Path:
     from ppf import profile as profiles
 
     repo = Path(__file__).resolve().parent.parent
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, text=True, capture_output=True, check=True).stdout.split()
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, text=True, capture_output=True,
+                           check=True).stdout.split()
     generated = ("data/", "models/", "metrics/", "results/", "plots/", "mlruns/", "studies/", "tests/", "dvc.lock")
     for f in files:
         if (not f.startswith(generated) or f.endswith(".gitignore")) and (repo / f).is_file():

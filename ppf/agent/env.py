@@ -1,12 +1,13 @@
 """The agent's world (paper, "The Pruning Framework"): ratios in, policies out, −PPR back.
 
-State: the target ratio r (rescaled onto [−1, 1] over the trained range, :func:`observe`). Action: a point of the box [−1, 1]^d that :func:`decode` reads as a
-policy — the first three coordinates are scores of the importance methods (lod, esd, bi; the
-highest wins, the usual continuous relaxation of a discrete choice for an actor-critic agent),
-the fourth is a_eta mapped linearly from [−1, 1] onto [0, 0.5]; beyond the paper, one coordinate
-per extended part the :class:`ActionSpace` has on (normalisation, protected edge layers, depth,
-attention share), the discrete ones rounded. Reward (Eq. 6): −JS / r_act,
-JS from the predictor (or the signal it learned, ``predictor.signal``), r_act the plan's ACTUAL ratio.
+State: the target ratio r (rescaled onto [−1, 1] over the trained range, :func:`observe`).
+Action: a point of the box [−1, 1]^d that :func:`decode` reads as a policy — the first three
+coordinates are scores of the importance methods (lod, esd, bi; the highest wins, the usual
+continuous relaxation of a discrete choice for an actor-critic agent), the fourth is a_eta mapped
+linearly from [−1, 1] onto [0, 0.5]; beyond the paper, one coordinate per extended part the
+:class:`ActionSpace` has on (normalisation, protected edge layers, depth, attention share), the
+discrete ones rounded. Reward (Eq. 6): −JS / r_act, JS from the predictor (or the signal it
+learned, ``predictor.signal``), r_act the plan's ACTUAL ratio.
 
 An episode is one sampling window (Eqs 1–3): [α, β] cut into k equal sub-intervals, one ratio
 drawn uniformly in each, visited in order; a new window every episode. Static mode is α = β.
@@ -46,19 +47,20 @@ class ActionSpace:
     (``> 0``: the second of ``norms``), protected first and last layers (0..keep each), whole
     layers removed (0..depth, never more than the ratio allows) — or, with two ``orders``, one more
     coordinate picking the order, ``blocks`` removing 0..block_depth blocks of the stored BlockPruner
-    ``block_order`` — and the attention share (over the ``split`` range). The discrete parts are relaxed like the method choice: rounded; at a ratio the
-    decoded policy is made :func:`~ppf.policy.feasible` for the model's ``shape``, so every action plans."""
+    ``block_order`` — and the attention share (over the ``attn`` range). The discrete parts are
+    relaxed like the method choice: rounded; at a ratio the decoded policy is made
+    :func:`~ppf.policy.feasible` for the model's ``shape``, so every action plans."""
 
     shape: DenseShape | None = None
     norms: tuple[str, ...] = ("minmax",)
     keep: int = 0
     depth: int = 0
-    split: tuple[float, float] | None = None
+    attn: tuple[float, float] | None = None
     max_layer_ratio: float = 0.9
-    groups: bool = False  # one more coordinate: > 0 takes LLM-Pruner's split=groups
+    groups: bool = False  # one more coordinate: > 0 takes LLM-Pruner's attn=groups
     orders: tuple[str, ...] = ("layers",)  # depth orders; two: one more coordinate, > 0 takes the second
-    block_depth: int = 0  # the most blocks order=blocks removes (0..block_depth)
-    block_order: tuple[tuple[str, int], ...] | None = None  # BlockPruner's stored order, for order=blocks
+    block_depth: int = 0  # the most blocks blocks=N removes (0..block_depth)
+    block_order: tuple[tuple[str, int], ...] | None = None  # BlockPruner's stored order, for blocks=N
 
     @property
     def n_layers(self) -> int:
@@ -76,7 +78,7 @@ class ActionSpace:
             raise PPFError("collect.space.orders has blocks but no BlockPruner block order is stored for this model; "
                            "run `dvc repro importance` (benchmark.blockpruner.order_ratio > 0) or drop blocks")
         return cls(shape, tuple(space.norms), space.keep, space.depth,
-                   None if space.split is None else (float(space.split[0]), float(space.split[1])), max_layer_ratio,
+                   None if space.attn is None else (float(space.attn[0]), float(space.attn[1])), max_layer_ratio,
                    space.groups > 0, orders, space.block_depth if "blocks" in orders else 0,
                    tuple(block_order) if "blocks" in orders else None)
 
@@ -86,7 +88,7 @@ class ActionSpace:
             return cls()
         order = d.get("block_order")
         return cls(DenseShape(**d["shape"]) if d.get("shape") else None, tuple(d["norms"]), int(d["keep"]),
-                   int(d["depth"]), None if d.get("split") is None else tuple(d["split"]), float(d["max_layer_ratio"]),
+                   int(d["depth"]), None if d.get("attn") is None else tuple(d["attn"]), float(d["max_layer_ratio"]),
                    bool(d.get("groups", False)), tuple(d.get("orders", ("layers",))), int(d.get("block_depth", 0)),
                    None if order is None else tuple((str(k), int(i)) for k, i in order))
 
@@ -96,7 +98,7 @@ class ActionSpace:
     @property
     def dim(self) -> int:
         return ACTION_DIM + (len(self.norms) > 1) + 2 * (self.keep > 0) + self._deep + (len(self.orders) > 1) \
-            + (self.split is not None) + self.groups
+            + (self.attn is not None) + self.groups
 
     @property
     def _deep(self) -> bool:
@@ -134,12 +136,12 @@ class ActionSpace:
                 kw["depth"] = int(round(_unit(a[i]) * self.block_depth))
             kw["order"] = order
             i += 1
-        if self.split is not None:
-            lo, hi = self.split
-            kw["split"] = round(lo + _unit(a[i]) * (hi - lo), 3)
+        if self.attn is not None:
+            lo, hi = self.attn
+            kw["attn"] = round(lo + _unit(a[i]) * (hi - lo), 3)
             i += 1
         if self.groups and a[i] > 0:
-            kw["split"] = "groups"
+            kw["attn"] = "groups"
         policy = Policy(AGENT_METHODS[int(np.argmax(a[:3]))], round(a_eta, 6), **kw)
         if ratio is not None and self.shape is not None and not policy.is_paper:
             policy = feasible(policy, ratio, self.shape, self.max_layer_ratio, block_order=self.block_order)
@@ -165,13 +167,13 @@ class ActionSpace:
             most = self.depth if policy.order == "layers" else self.block_depth
             a[i] = 2.0 * policy.depth / most - 1.0 if most else -1.0
             i += 1
-        if self.split is not None:
-            lo, hi = self.split
-            s = lo if policy.split in (None, "groups") else policy.split
+        if self.attn is not None:
+            lo, hi = self.attn
+            s = lo if policy.attn in (None, "groups") else policy.attn
             a[i] = 2.0 * (s - lo) / (hi - lo) - 1.0 if hi > lo else -1.0
             i += 1
         if self.groups:
-            a[i] = 1.0 if policy.split == "groups" else -1.0
+            a[i] = 1.0 if policy.attn == "groups" else -1.0
         return np.clip(a, -1.0, 1.0)
 
 

@@ -17,7 +17,7 @@ over ppf's policy space, in a (1 + λ) form sized for a CPU:
   parent only when its paired interval against it lies wholly below 0, so a mutant that was lucky on
   few tokens, or equal within the noise, does not win.
 
-Only the valid split is used; the test split stays for the benchmark.
+Only the valid attn is used; the test split stays for the benchmark.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ppf.agent.env import AGENT_METHODS
 from ppf.plan import DenseShape
 from ppf.policy import A_ETA_MAX, Policy, feasible
 
-PARTS = ("a_eta", "method", "norm", "first", "last", "depth", "split")
+PARTS = ("a_eta", "method", "norm", "first", "last", "depth", "attn")
 
 
 def mutate(policy: Policy, rng: random.Random, shape: DenseShape, methods: Sequence[str] = AGENT_METHODS,
@@ -56,10 +56,11 @@ def mutate(policy: Policy, rng: random.Random, shape: DenseShape, methods: Seque
     if part == "depth":
         return replace(p, depth=max(0, p.depth + rng.choice((-1, 1))))
     # the attention share: none (the layer's own ratio) <-> a share <-> LLM-Pruner's whole KV groups
-    if p.split is None or p.split == "groups":
-        choices = [x for x in (None, "groups", round(rng.uniform(0.0, 0.5), 3)) if x != p.split]
-        return replace(p, split=rng.choice(choices))
-    return replace(p, split=round(min(1.0, max(0.0, p.split + rng.gauss(0.0, step))), 3))
+    if p.attn is None or p.attn == "groups":
+        choices = [x for x in (None, "groups", round(rng.uniform(0.0, 0.5), 3)) if x != p.attn]
+        return replace(p, attn=rng.choice(choices))
+    share = float(p.attn)  # a number here: None and "groups" are handled above
+    return replace(p, attn=round(min(1.0, max(0.0, share + rng.gauss(0.0, step))), 3))
 
 
 def mutants(parent: Policy, ratio: float, n: int, rng: random.Random, shape: DenseShape, max_layer_ratio: float,
@@ -91,7 +92,8 @@ def refine(start: Entry, ratio: float, *, propose: Callable[[Policy, random.Rand
     (:func:`~ppf.agent.choice.race`, the parent on the floor) on ``budgets`` windows, the ``low``
     windows it was picked on left out of the comparison: it leaves as soon as it is worse, and replaces
     the parent only when its paired interval against it lies wholly below 0 on the LAST budget (measured
-    to the end: an early look on few windows decides nothing in its favour). Returns (the last parent, one record per measurement)."""
+    to the end: an early look on few windows decides nothing in its favour). Returns (the last
+    parent, one record per measurement)."""
     rng = random.Random(f"{seed}:{ratio:.4f}")
     parent, log = start, []
     later = [b for b in budgets if b > low]
@@ -138,12 +140,12 @@ def refine_choices(choices: dict[str, dict[str, Any]], predictor: Any, params: A
     methods = [m for m in AGENT_METHODS if m in planner.layer_scores]
     out, log = {}, []
     for key, c in choices.items():
-        ratio, seen = float(key), set()
+        ratio, seen = float(key), set[bytes]()
 
         def plan_key(p: Policy, ratio: float = ratio) -> bytes:  # policies that plan alike are one candidate
             return b"".join(np.asarray(m).tobytes() for m in planner.masks(p, ratio)[:3])
 
-        def propose(parent: Policy, rng: random.Random, ratio: float = ratio, seen: set = seen) -> list[Policy]:
+        def propose(parent: Policy, rng: random.Random, ratio: float = ratio, seen: set[bytes] = seen) -> list[Policy]:
             return mutants(parent, ratio, cfg.proposals, rng, planner.shape, planner.max_layer_ratio,
                            planner.block_order, seen, methods, key=plan_key)
 
@@ -152,12 +154,15 @@ def refine_choices(choices: dict[str, dict[str, Any]], predictor: Any, params: A
             for p in policies:
                 pred = predictor.predict(p, ratio)
                 rated.append((pred["score"] / pred["actual_ratio"], str(p), p))
-            return [p for _, _, p in sorted(rated, key=lambda t: (t[0], t[1]))[: cfg.offspring]]
+            return [p for _, _, p in sorted(rated, key=lambda x: (x[0], x[1]))[: cfg.offspring]]
+
+        def entry_at(p: Policy, ratio: float = ratio) -> Entry:
+            return entry_of(p, ratio)
 
         t = time.perf_counter()
         start = Entry(c["_key"], list(c["contenders"]), c["policy"], True, np.asarray(c["_nll"]), c["_row"])
         best, records = refine(start, ratio, propose=propose, screen=screen,
-                               entry_of=lambda p, ratio=ratio: entry_of(p, ratio), measure=measure,
+                               entry_of=entry_at, measure=measure,
                                low=a.validation.ppl_windows, budgets=budgets, rule=rule,
                                generations=cfg.generations, seed=cfg.seed)
         out[key] = {**c, "refined_from": c["policy"], "refined_from_ppl_valid": c["ppl_valid"], "policy": best.policy}

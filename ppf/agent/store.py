@@ -94,9 +94,10 @@ class Agents:
                 return c
         return None
 
-    def answer(self, ratio: float) -> dict[str, Any]:
-        """PPF's policy for ``ratio``: the final choice where train_agent made one (static ratios),
-        else the actor's decision (:meth:`decide`); ``mode`` says which, ``chosen`` the choice's record."""
+    def policy_for(self, ratio: float) -> dict[str, Any]:
+        """PPF's policy for ``ratio`` — the one name for it: the final choice (:meth:`choice`) where
+        train_agent made one (static ratios), else the actor's decision (:meth:`decide`); ``mode`` says
+        which, ``chosen`` the choice's record."""
         t = time.perf_counter()
         c = self.choice(check_ratio(ratio))
         if c is None:

@@ -20,7 +20,7 @@ def agents_of(wb) -> Agents:
 
 
 def plan(wb, ratio: float, state=None):
-    decision = agents_of(wb).answer(ratio)
+    decision = agents_of(wb).policy_for(ratio)
     allocation = (decision["chosen"] or {}).get("allocation")
     desc = f"{decision['policy']} ({allocation}: nothing beat it on valid)" if allocation else \
         f"{decision['policy']} ({decision['mode']} agent)"

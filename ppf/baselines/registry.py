@@ -18,7 +18,7 @@ from typing import Any
 
 from ppf.errors import PPFError
 
-KINDS = ("dense", "width", "depth")
+METHOD_KINDS = ("dense", "width", "depth")
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class Method:
     prepare: Callable[[Any, float], Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"method kind {self.kind!r} is not one of {KINDS}")
+        if self.kind not in METHOD_KINDS:
+            raise ValueError(f"method kind {self.kind!r} is not one of {METHOD_KINDS}")
         if (self.kind == "dense") != (self.build is not None) or (self.kind == "dense") == (self.plan is not None):
             raise ValueError(f"method {self.name!r}: width and depth methods give `plan`, the dense model `build`")
 

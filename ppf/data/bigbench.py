@@ -4,8 +4,9 @@ The ``bigbench`` 1.0.0 sdist carries every task's ``task.json``, so the corpus a
 tasks need no dataset hub. PyPI no longer serves it (only 0.0.1, without task data), so ppf's
 default data now comes from the gensim wheel (:mod:`ppf.data.gensim_wheel`); with a local copy
 (``data.bigbench.sdist``) or a mirror that has it, ``data.corpus.source: bigbench`` and the tasks
-goal_step_wikihow / social_iqa / hyperbaton work as before. It is 358 MB, so it is downloaded once into the shared cache (:func:`ppf.paths.cache_dir`) and then read as a stream:
-one pass over the tar pulls out every ``task.json`` a stage needs, without unpacking the rest.
+goal_step_wikihow / social_iqa / hyperbaton work as before. It is 358 MB, so it is downloaded once
+into the shared cache (:func:`ppf.paths.cache_dir`) and then read as a stream: one pass over the
+tar pulls out every ``task.json`` a stage needs, without unpacking the rest.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def wikipedia_articles(task: dict, language: str = "en") -> list[str]:
 
 # What a stripped article still carries of its markup: image captions ("thumb|..."), category and
 # file links, table rows; a line of them is dropped whole.
-_MARKUP_LINE = re.compile(r"^\s*(?:thumb|left|right|upright|frame|frameless|center|\d+px)\b[^\n]*\||^\s*(?:Category|File|Image):|^\s*[|!{]")
+_MARKUP_LINE = re.compile(r"^\s*(?:thumb|left|right|upright|frame|frameless|center|\d+px)\b[^\n]*\|"
+                          r"|^\s*(?:Category|File|Image):|^\s*[|!{]")
 
 
 def wikipedia_dump_articles(xml: bytes, min_chars: int = 2000) -> list[str]:
@@ -168,7 +169,7 @@ def split_articles(articles: list[str], valid_fraction: float, test_fraction: fl
 def read_text_files(train: Path, valid: Path, test: Path) -> dict[str, str]:
     """Read a user's own corpus: three UTF-8 text files, one per split."""
     texts = {}
-    for name, path in zip(SPLITS, (train, valid, test)):
+    for name, path in zip(SPLITS, (train, valid, test), strict=True):
         path = Path(path).expanduser()
         if not path.is_file():
             raise PPFError(f"corpus {name} file {str(path)!r} does not exist; fix the path in "

@@ -117,7 +117,8 @@ def tokenizer_agreement(path: str | os.PathLike, tokenizer: Any, text: str) -> f
             return None
     theirs = tokenizer(text, add_special_tokens=False)["input_ids"]
     n = max(len(mine), len(theirs))
-    return sum(a == b for a, b in zip(mine, theirs)) / n if n else 1.0
+    # strict=False: the longer one's extra tokens count as misses (over n, the longer length)
+    return sum(a == b for a, b in zip(mine, theirs, strict=False)) / n if n else 1.0
 
 
 def evaluate_gguf(path: str | os.PathLike, tokenizer: Any, corpus: Path, splits: list[str], seqlen: int,

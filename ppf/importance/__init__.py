@@ -14,5 +14,5 @@ from ppf.importance.cache import Importance, cached_importance, load_importance,
 from ppf.importance.layer import LAYER_SCORES, hill_alpha, layer_importance, matrix_alpha
 from ppf.importance.units import UNIT_KINDS, unit_importance
 
-__all__ = ["LAYER_SCORES", "Importance", "cached_importance", "UNIT_KINDS", "hill_alpha", "layer_importance", "load_importance", "matrix_alpha",
-           "save_importance", "unit_importance"]
+__all__ = ["LAYER_SCORES", "Importance", "cached_importance", "UNIT_KINDS", "hill_alpha", "layer_importance", "load_importance",
+           "matrix_alpha", "save_importance", "unit_importance"]

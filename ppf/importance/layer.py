@@ -35,7 +35,7 @@ from ppf.importance.stats import LINEARS, LayerStats, collect
 def lod(views: list[LayerView], stats: list[LayerStats], outlier_m: float = 5.0, **_: Any) -> list[float]:
     """Per layer: the fraction of Wanda scores above ``outlier_m`` x the layer's mean score."""
     out = []
-    for view, st in zip(views, stats):
+    for view, st in zip(views, stats, strict=True):
         scores = [getattr(view, n).weight.detach().float().abs() * st.input_norm(n)[None, :] for n in LINEARS]
         numel = sum(s.numel() for s in scores)
         threshold = outlier_m * sum(s.sum() for s in scores) / numel

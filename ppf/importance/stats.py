@@ -77,7 +77,7 @@ def collect(model: nn.Module, views: list[LayerView], calib: torch.Tensor, *, ba
             st.tokens += c.numel()
         return hook
 
-    for view, st in zip(views, stats):
+    for view, st in zip(views, stats, strict=True):
         if norms:
             for name in INPUTS:
                 handles.append(getattr(view, name).register_forward_pre_hook(sq_hook(st, name)))

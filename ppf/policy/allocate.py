@@ -33,7 +33,7 @@ from ppf.policy.units import UnitRanks, _Rounder
 
 
 # ---- Eqs 4-5 -----------------------------------------------------------------------------------
-def _scores(H: Sequence[float]) -> np.ndarray:
+def _scores(H: Sequence[float] | np.ndarray | None) -> np.ndarray:
     h = np.asarray(H, dtype=np.float64)
     if h.ndim != 1 or h.size == 0:
         raise PPFError(f"layer scores H must be a non-empty 1-D sequence, got shape {h.shape}; pass one score per layer")
@@ -43,7 +43,7 @@ def _scores(H: Sequence[float]) -> np.ndarray:
     return h
 
 
-def requested_ratios(H: Sequence[float], target: float, a_eta: float) -> np.ndarray:
+def requested_ratios(H: Sequence[float] | np.ndarray, target: float, a_eta: float) -> np.ndarray:
     """The paper's per-layer ratios: η = 2·a_eta / (max H − min H), S_i = S_tar + η·(mean H − H_i).
 
     H is oriented higher = more important, so important layers get ratios below the target. The
@@ -100,7 +100,7 @@ def keep_masks(policy: Policy | str, target: float, H: Sequence[float] | None,
     are Eqs 4-5 (:func:`requested_ratios`, on the ``norm``-scaled scores of those layers) plus one
     common offset δ, clipped to [0, max_layer_ratio]; δ is found by bisection on the rounded block
     ratio, which rises with δ (up to dips of about one MLP channel where a layer's attention changes
-    size). ``split`` decides how each layer's reduction divides between attention and MLP.
+    size). ``attn`` decides how each layer's reduction divides between attention and MLP.
     ``H`` may be None for ``uniform``. ``units`` are the unit scores (see :meth:`UnitRanks.of`;
     pass a prebuilt :class:`UnitRanks` when planning many policies for one model). ``meta`` records
     the policy, the target, the actual ratio, the requested (Eq 5) ratios, δ, the corrected ratios
@@ -118,27 +118,27 @@ def keep_masks(policy: Policy | str, target: float, H: Sequence[float] | None,
     fixed_kept = kept_params(shape, (i for i in range(n) if not width[i]), attn_gone, mlp_gone)
     depth_ratio = 1.0 - (fixed_kept + shape.dense_layer_params * width.sum()) / dense_total
     if depth_ratio > target + tol:
-        raise PPFError(f"depth={policy.depth} ({policy.order}) already removes {depth_ratio:.4f} of the block "
+        raise PPFError(f"{policy.order}={policy.depth} already removes {depth_ratio:.4f} of the block "
                        f"parameters, more than the target {target}; use a smaller depth")
 
     requested = np.zeros(n)
     if width.any():
         requested[width] = requested_ratios(_normalised(h[width], policy.norm), target, policy.a_eta)
-    split = policy.split
+    attn = policy.attn
 
     def actual(delta: float) -> float:
-        kept = rounder(np.clip(requested[width] + delta, 0.0, m), split)[2].sum()
+        kept = rounder(np.clip(requested[width] + delta, 0.0, m), attn)[2].sum()
         return 1.0 - (kept + fixed_kept) / dense_total
 
     best, cut = _offset(policy, target, m, tol, requested[width], actual, depth_ratio)
     ratios = np.where(width & cut, np.clip(requested + best, 0.0, m), 0.0)
-    head_keep, kv_keep, channel_keep = _unit_masks(shape, ranks, rounder, ratios, split, width, attn_gone, mlp_gone)
+    head_keep, kv_keep, channel_keep = _unit_masks(shape, ranks, rounder, ratios, attn, width, attn_gone, mlp_gone)
     meta = {"policy": str(policy), "method": policy.method, "a_eta": policy.a_eta, "target": target,
             "max_layer_ratio": m, "tol": float(tol), "offset": float(best),
             "requested": [float(x) for x in requested], "ratios": [float(x) for x in ratios]}
     if not policy.is_paper:
         meta |= {"norm": policy.norm, "keep": [policy.first, policy.last], "depth": policy.depth,
-                 "order": policy.order, "split": policy.split,
+                 "order": policy.order, "attn": policy.attn,
                  "removed": {"attention": sorted(attn_gone), "mlp": sorted(mlp_gone)}}
     return head_keep, kv_keep, channel_keep, meta
 
@@ -199,12 +199,12 @@ def _offset(policy: Policy, target: float, m: float, tol: float, requested: np.n
     return best, cut
 
 
-def _unit_masks(shape: DenseShape, ranks: UnitRanks, rounder: _Rounder, ratios: np.ndarray, split: float | str | None,
+def _unit_masks(shape: DenseShape, ranks: UnitRanks, rounder: _Rounder, ratios: np.ndarray, attn: float | str | None,
                 width: np.ndarray, attn_gone: set[int], mlp_gone: set[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The KEEP masks (query heads, KV heads, channels) of the layer ``ratios`` rounded to whole units:
     each width-pruned layer keeps its best-ranked units, every other layer is dense less the blocks
     its depth part removed."""
-    k, channels, _ = rounder(ratios, split)
+    k, channels, _ = rounder(ratios, attn)
     g, q = rounder.configs[k, 0].copy(), rounder.configs[k, 1].copy()
     channels = channels.copy()
     g[~width], q[~width], channels[~width] = shape.n_kv_heads, shape.groups, shape.intermediate

@@ -36,7 +36,7 @@ def removed_by_depth(policy: Policy, shape: DenseShape, protected: np.ndarray, b
         if bi is None:
             raise PPFError("depth order 'layers' needs Block Influence (bi) layer scores; recompute the importance with bi")
         if policy.depth >= len(free):
-            raise PPFError(f"depth={policy.depth} removes every one of the {len(free)} layers left to prune "
+            raise PPFError(f"layers={policy.depth} removes every one of the {len(free)} layers left to prune "
                            f"(of {shape.n_layers}); use depth < {len(free)}")
         b = np.asarray(bi, dtype=np.float64)
         chosen = sorted(free, key=lambda i: (b[i], i))[: policy.depth]
@@ -44,15 +44,15 @@ def removed_by_depth(policy: Policy, shape: DenseShape, protected: np.ndarray, b
     if block_order is None:
         raise PPFError("depth order 'blocks' needs BlockPruner's block order, and none is stored for this model and "
                        "calibration: run `dvc repro importance` with benchmark.blockpruner.order_ratio > 0 (or "
-                       "`ppf prune`, which searches it once), or use order=layers")
+                       "`ppf prune`, which searches it once), or use layers=N")
     steps = [(str(k), int(i)) for k, i in block_order if not protected[int(i)]]
     if policy.depth > len(steps):
-        raise PPFError(f"depth={policy.depth} asks for more blocks than BlockPruner's stored order has ({len(steps)} "
+        raise PPFError(f"blocks={policy.depth} asks for more blocks than BlockPruner's stored order has ({len(steps)} "
                        "outside the protected layers); lower depth or raise benchmark.blockpruner.order_ratio")
     attn = {i for k, i in steps[: policy.depth] if k == "attention"}
     mlp = {i for k, i in steps[: policy.depth] if k == "mlp"}
     if len(attn & mlp) == shape.n_layers:
-        raise PPFError(f"depth={policy.depth} removes every layer; use a smaller depth")
+        raise PPFError(f"layers={policy.depth} removes every layer; use a smaller N")
     return attn, mlp
 
 
@@ -91,7 +91,7 @@ def depth_room(policy: Policy, shape: DenseShape, block_order: Sequence[Sequence
 
 
 def depth_ratio(policy: Policy, shape: DenseShape, block_order: Sequence[Sequence[Any]] | None = None) -> float:
-    """The block ratio ``policy``'s depth part removes on its own (``order=blocks`` needs the stored
+    """The block ratio ``policy``'s depth part removes on its own (``blocks=N`` needs the stored
     ``block_order``; without it 0). Whole layers are alike, so ``layers`` needs no scores."""
     n = shape.n_layers
     if policy.depth == 0:

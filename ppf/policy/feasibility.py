@@ -21,8 +21,8 @@ def reach(policy: Policy, shape: DenseShape, max_layer_ratio: float = 0.9,
           block_order: Sequence[Sequence[Any]] | None = None) -> float:
     """The largest block ratio ``policy`` can reach on a model of ``shape``: its depth's blocks gone,
     its protected layers dense, every other layer at ``max_layer_ratio`` (after rounding, with the
-    policy's attention share). For ``order=layers`` which layers go does not matter (dense layers are
-    alike); for ``order=blocks`` the stored ``block_order`` says which attention / MLP blocks go (without
+    policy's attention share). For ``layers=N`` which layers go does not matter (dense layers are
+    alike); for ``blocks=N`` the stored ``block_order`` says which attention / MLP blocks go (without
     it, depth is left out: the reach of the width pruning alone)."""
     n = shape.n_layers
     protected = _protected(policy, n)
@@ -35,7 +35,7 @@ def reach(policy: Policy, shape: DenseShape, max_layer_ratio: float = 0.9,
         p = replace(policy, depth=min(policy.depth, depth_room(policy, shape, block_order)))
         attn, mlp = removed_by_depth(p, shape, protected, None, block_order)
     width = width_layers(protected, attn, mlp)
-    kept = _Rounder.of(shape)(np.full(int(width.sum()), float(max_layer_ratio)), policy.split)[2].sum()
+    kept = _Rounder.of(shape)(np.full(int(width.sum()), float(max_layer_ratio)), policy.attn)[2].sum()
     kept += kept_params(shape, (i for i in range(n) if not width[i]), attn, mlp)
     return 1.0 - float(kept) / float(shape.dense_layer_params * n)
 
@@ -43,11 +43,13 @@ def reach(policy: Policy, shape: DenseShape, max_layer_ratio: float = 0.9,
 def feasible(policy: Policy, ratio: float, shape: DenseShape, max_layer_ratio: float = 0.9,
              margin: float = 0.01, block_order: Sequence[Sequence[Any]] | None = None) -> Policy:
     """``policy`` made able to reach ``ratio`` by giving up what stands in the way, in this order: depth
-    beyond what ``ratio`` holds (whole layers; for ``order=blocks`` the blocks of the stored
+    beyond what ``ratio`` holds (whole layers; for ``blocks=N`` the blocks of the stored
     ``block_order`` past ``ratio`` less ``margin`` or past the stored steps), protected layers (the
-    larger side first), then the attention share (back to the paper's: attention at the layer's
-    ratio). The agent's relaxed actions and the collection's draws go through it, so every policy
-    they produce plans; an explicit policy is planned as given (and refused with a clear error if it cannot)."""
+    larger side first), the attention share (back to the paper's: attention at the layer's
+    ratio), then depth itself, a unit at a time (``blocks=N`` can touch so many layers, each losing
+    one half, that too few are left for width pruning to reach ``ratio``). The agent's relaxed
+    actions and the collection's draws go through it, so every policy they produce plans; an
+    explicit policy is planned as given (and refused with a clear error if it cannot)."""
     n = shape.n_layers
     p = policy
 
@@ -64,8 +66,10 @@ def feasible(policy: Policy, ratio: float, shape: DenseShape, max_layer_ratio: f
     while reach(p, shape, max_layer_ratio, block_order) < ratio + margin:
         if p.first or p.last:
             p = shallow(replace(p, first=p.first - 1) if p.first >= p.last else replace(p, last=p.last - 1))
-        elif p.split is not None:
-            p = replace(p, split=None)
+        elif p.attn is not None:
+            p = replace(p, attn=None)
+        elif p.depth > 0:  # the depth part touches so many layers that width pruning cannot reach the rest
+            p = replace(p, depth=p.depth - 1)
         else:
             break
     return p

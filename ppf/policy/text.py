@@ -17,7 +17,10 @@ IMPORTANCE_METHODS = ("lod", "esd", "bi", "uniform")
 A_ETA_MAX = 0.5  # the paper's range for the scaling factor: [0, 0.5]
 NORMS = ("minmax", "rank")  # how layer scores are scaled before Eq 4
 DEPTH_ORDERS = ("layers", "blocks")  # whole layers by Block Influence (ShortGPT) | BlockPruner's block order
-PARTS = ("norm", "keep", "depth", "order", "split")  # the extended text form's parts, in this order
+PARTS = ("norm", "keep", "layers", "blocks", "attn")  # the extended text form's parts, in this order (layers | blocks)
+# parts an older text form used, and what replaced them
+RENAMED_PARTS = {"split": "attn=S (the attention share)", "depth": "layers=N (whole layers) or blocks=N (attention / MLP blocks)",
+                 "order": "layers=N or blocks=N (the unit names the order)"}
 
 
 # ---- the policy --------------------------------------------------------------------------------
@@ -30,17 +33,18 @@ class Policy:
       squeezes all the others together) or ``rank`` (the scores' ranks, evenly spaced: an outlier is
       just the first or last);
     * ``first`` / ``last``: protected edge layers, never pruned (LLM-Pruner keeps 4 and 2);
-    * ``depth`` blocks removed first, in ``order``: ``layers`` — whole layers of lowest Block
-      Influence (ShortGPT) — or ``blocks`` — attention / MLP blocks in BlockPruner's greedy order;
-      the rest of the target is then width-pruned over the layers depth and protection left alone;
-    * ``split``: the share of a layer's removed parameters taken from its attention (the rest from
+    * ``depth`` units removed first, of the kind ``order`` names: ``layers`` — whole decoder layers of
+      lowest Block Influence (ShortGPT; text ``layers=N``) — or ``blocks`` — attention / MLP blocks in
+      BlockPruner's greedy order (text ``blocks=N``); the rest of the target is then width-pruned over
+      the layers depth and protection left alone;
+    * ``attn``: the share of a layer's removed parameters taken from its attention (the rest from
       its MLP); ``None`` prunes both at the layer's ratio, as the paper does; ``groups`` is
       LLM-Pruner's rule — one unit ratio r per layer, the attention losing whole KV groups
       (floor(r·KV heads), each with its query heads), the MLP the fraction r of its channels.
 
     ``uniform`` ignores importance, so its ``a_eta`` (and ``norm``) are stored as defaults: two uniform
     policies are equal. The text form is ``lod:0.2`` (the paper's policy) with optional parts,
-    e.g. ``lod:0.2,norm=rank,keep=4:2,depth=3,order=layers,split=0.1`` (:meth:`parse`, ``str``).
+    e.g. ``lod:0.2,norm=rank,keep=4:2,layers=3,attn=0.1`` (:meth:`parse`, ``str``).
     """
 
     method: str
@@ -50,7 +54,7 @@ class Policy:
     last: int = 0
     depth: int = 0
     order: str = "layers"
-    split: float | str | None = None
+    attn: float | str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in IMPORTANCE_METHODS:
@@ -70,18 +74,18 @@ class Policy:
             raise PPFError(f"unknown depth order={self.order!r}; use one of {', '.join(DEPTH_ORDERS)}")
         if self.depth == 0:
             object.__setattr__(self, "order", "layers")
-        if isinstance(self.split, str) and self.split.strip().lower() == "groups":
-            object.__setattr__(self, "split", "groups")
-        elif self.split is not None:
+        if isinstance(self.attn, str) and self.attn.strip().lower() == "groups":
+            object.__setattr__(self, "attn", "groups")
+        elif self.attn is not None:
             try:
-                x = float(self.split)
+                x = float(self.attn)
             except (TypeError, ValueError):
-                raise PPFError(f"split={self.split!r} is not a number; use the attention share in [0, 1], e.g. "
-                               "split=0.25, or split=groups (LLM-Pruner's whole KV groups)") from None
+                raise PPFError(f"attn={self.attn!r} is not a number; use the attention share in [0, 1], e.g. "
+                               "attn=0.25, or attn=groups (LLM-Pruner's whole KV groups)") from None
             if not (math.isfinite(x) and 0.0 <= x <= 1.0):
-                raise PPFError(f"split={self.split!r} is outside [0, 1]; it is the share of a layer's reduction "
-                               "taken from attention, e.g. split=0.25")
-            object.__setattr__(self, "split", x)
+                raise PPFError(f"attn={self.attn!r} is outside [0, 1]; it is the share of a layer's reduction "
+                               "taken from attention, e.g. attn=0.25")
+            object.__setattr__(self, "attn", x)
 
     def with_parts(self, parts: str) -> "Policy":
         """This policy with the extended ``parts`` of the text form (``",norm=rank,keep=2:1"``) added."""
@@ -90,13 +94,13 @@ class Policy:
     @property
     def is_paper(self) -> bool:
         """True for the paper's (method, a_eta) policy: none of the extended parts in use."""
-        return (self.norm, self.first, self.last, self.depth, self.split) == ("minmax", 0, 0, 0, None)
+        return (self.norm, self.first, self.last, self.depth, self.attn) == ("minmax", 0, 0, 0, None)
 
     @classmethod
     def parse(cls, text: str) -> "Policy":
         """``"lod:0.2"``, ``"esd:0.1"``, ``"bi:0.3"`` or ``"uniform"``, optionally followed by
-        ``,norm=minmax|rank``, ``,keep=FIRST:LAST``, ``,depth=N``, ``,order=layers|blocks``,
-        ``,split=S`` (case and spaces ignored)."""
+        ``,norm=minmax|rank``, ``,keep=FIRST:LAST``, ``,layers=N`` or ``,blocks=N``, ``,attn=S``
+        (case and spaces ignored)."""
         if not isinstance(text, str):
             raise PPFError(f"policy {text!r} is not text; write it as method:a_eta, e.g. lod:0.2")
         head, *parts = [p.strip() for p in text.strip().lower().split(",")]
@@ -116,24 +120,26 @@ class Policy:
         kw: dict[str, Any] = {}
         for part in parts:
             key, eq, val = (x.strip() for x in part.partition("="))
+            if key in RENAMED_PARTS:
+                raise PPFError(f"policy {text!r}: the part {key}= is gone; write {RENAMED_PARTS[key]}")
             if key not in PARTS or not eq or not val:
                 raise PPFError(f"unknown part {part!r} in policy {text!r}; the parts after the method are "
-                               "norm=minmax|rank, keep=FIRST:LAST, depth=N, order=layers|blocks, split=S")
-            if key in kw or (key == "keep" and "first" in kw):
-                raise PPFError(f"policy {text!r} gives {key} twice; give each part once")
-            if key in ("norm", "order"):
+                               "norm=minmax|rank, keep=FIRST:LAST, layers=N or blocks=N, attn=S")
+            if key in kw or (key == "keep" and "first" in kw) or (key in DEPTH_ORDERS and "depth" in kw):
+                raise PPFError(f"policy {text!r} gives {key} twice (or both layers= and blocks=); give one of each part")
+            if key == "norm":
                 kw[key] = val
-            elif key == "split":
-                kw["split"] = val
+            elif key == "attn":
+                kw["attn"] = val
             else:
                 nums = val.split(":") if key == "keep" else [val]
                 if len(nums) != (2 if key == "keep" else 1) or not all(n.strip().isdigit() for n in nums):
-                    want = "keep=FIRST:LAST with whole numbers, e.g. keep=4:2" if key == "keep" else "depth=N, e.g. depth=3"
+                    want = "keep=FIRST:LAST with whole numbers, e.g. keep=4:2" if key == "keep" else f"{key}=N, e.g. {key}=3"
                     raise PPFError(f"{part!r} in policy {text!r} is not {want}")
                 if key == "keep":
                     kw["first"], kw["last"] = int(nums[0]), int(nums[1])
                 else:
-                    kw["depth"] = int(nums[0])
+                    kw["depth"], kw["order"] = int(nums[0]), key
         return cls(method, a, **kw)
 
     def __str__(self) -> str:
@@ -144,9 +150,9 @@ class Policy:
         if self.first or self.last:
             out += f",keep={self.first}:{self.last}"
         if self.depth:
-            out += f",depth={self.depth},order={self.order}"
-        if self.split is not None:
-            out += f",split={self.split if self.split == 'groups' else repr(self.split)}"
+            out += f",{self.order}={self.depth}"
+        if self.attn is not None:
+            out += f",attn={self.attn if self.attn == 'groups' else repr(self.attn)}"
         return out
 
 

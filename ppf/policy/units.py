@@ -134,22 +134,24 @@ class _Rounder:
         k = np.array([index[(int(g), groups)] for g in keep_kv])
         return k, c, self.attn[k] + self.fixed + c * self.per_channel
 
-    def __call__(self, ratios: np.ndarray, split: float | str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, ratios: np.ndarray, share: float | str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(config index, channels, kept layer params) per layer for layer ratios in [0, 1).
 
-        ``split`` is the share of each layer's removed parameters taken from attention (None: the
+        ``share`` (a policy's ``attn``) is the share of each layer's removed parameters taken from attention (None: the
         attention at the layer's ratio); the MLP takes the rest either way. ``"groups"``: the attention
         LLM-Pruner's unit ratio gives (whole KV groups) at the unit ratio whose layer size is nearest; the
         MLP then absorbs the difference to the layer's size, so the plan meets its target exactly
         where LLM-Pruner's all-layers-alike KV cliffs would miss it (its channel count otherwise)."""
         keep = 1.0 - ratios
-        if split == "groups":
+        if share == "groups":
             table_k, _, table_kept = self._groups_table
             k = table_k[np.abs(table_kept[None, :] - keep[:, None] * self.dense_layer).argmin(axis=1)]
             attn = self.attn[k]
             c = np.clip(np.floor((keep * self.dense_layer - attn - self.fixed) / self.per_channel + 0.5), 1, self.intermediate)
             return k, c.astype(np.int64), attn + self.fixed + c * self.per_channel
-        want = keep * self.dense_attn if split is None else self.dense_attn - split * ratios * self.dense_layer
+        if isinstance(share, str):
+            raise PPFError(f"attention share {share!r} must be a number in [0, 1], None or 'groups'")
+        want = keep * self.dense_attn if share is None else self.dense_attn - share * ratios * self.dense_layer
         k = np.abs(self.attn[None, :] - want[:, None]).argmin(axis=1)  # first = tie rule
         attn = self.attn[k]
         c = np.floor((keep * self.dense_layer - attn - self.fixed) / self.per_channel + 0.5)

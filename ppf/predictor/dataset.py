@@ -1,4 +1,4 @@
-"""The collected mask dataset as the predictor sees it: validated rows, images, a held-out split.
+"""The collected mask dataset as the predictor sees it: validated rows, images, the held-out samples.
 
 :func:`read_samples` refuses anything that is not the `collect` stage's parquet (unreadable bytes,
 missing columns, masks of mixed or wrong shapes) with one clear error. :func:`build_images`
@@ -6,7 +6,7 @@ re-plans every row with the project's :class:`~ppf.policy.Planner` and checks th
 o_proj image it gets is the mask stored at collection: a dataset collected with other importance
 scores or pruning settings cannot silently train a predictor for this project.
 
-:func:`split` holds out whole POLICIES by default: a held-out (method, a_eta) is never seen in
+:func:`holdout` holds out whole POLICIES by default: a held-out (method, a_eta) is never seen in
 training at any ratio, so the metrics say how the predictor does on policies it never saw — what
 the agent asks it about. ``a_eta = 0`` is the same (uniform) plan for every method: one policy.
 """
@@ -50,7 +50,7 @@ def read_samples(path: str | Path, signal: str = "js") -> pd.DataFrame:
         raise PPFError(f"'{path}' mixes mask shapes {sorted(shapes)}: samples of different models; "
                        "collect one model per dataset")
     shape = shapes.pop()
-    bad = [k for k, m in zip(df["key"], df["mask"]) if len(m) != int(np.prod(shape))]
+    bad = [k for k, m in zip(df["key"], df["mask"], strict=True) if len(m) != int(np.prod(shape))]
     if bad:
         raise PPFError(f"'{path}': the mask of sample {bad[0]} does not have {shape} entries; rerun `dvc repro collect`")
     if signal not in SIGNALS:
@@ -80,7 +80,7 @@ def within_rows(df: pd.DataFrame) -> np.ndarray:
     return np.flatnonzero(df["holdout"].to_numpy(dtype=bool)) if "holdout" in df.columns else np.array([], dtype=int)
 
 
-def split(df: pd.DataFrame, test_fraction: float, seed: int, by: str = "policy") -> tuple[np.ndarray, np.ndarray]:
+def holdout(df: pd.DataFrame, test_fraction: float, seed: int, by: str = "policy") -> tuple[np.ndarray, np.ndarray]:
     """(train, test) row indices: seeded, ~``test_fraction`` of the rows held out.
 
     ``by="policy"`` holds out whole policies (shuffled, taken until the fraction is reached);
@@ -90,9 +90,9 @@ def split(df: pd.DataFrame, test_fraction: float, seed: int, by: str = "policy")
         raise PPFError(f"test_fraction {test_fraction} must be in (0, 1), e.g. 0.2")
     rng = np.random.default_rng(seed)
     within = within_rows(df)
-    if len(within):  # the within-ratio test set is neither trained on nor part of this split
+    if len(within):  # the within-ratio test set is neither trained on nor part of this hold-out
         keep = np.setdiff1d(np.arange(len(df)), within)
-        train, test = split(df.iloc[keep].drop(columns=["holdout"]).reset_index(drop=True), test_fraction, seed, by)
+        train, test = holdout(df.iloc[keep].drop(columns=["holdout"]).reset_index(drop=True), test_fraction, seed, by)
         return keep[train], keep[test]
     n = len(df)
     want = max(1, int(round(test_fraction * n)))
@@ -102,7 +102,7 @@ def split(df: pd.DataFrame, test_fraction: float, seed: int, by: str = "policy")
         groups = policy_groups(df)
         names = sorted(set(groups))
         if len(names) < 2:
-            raise PPFError("the dataset holds a single policy; hold out samples instead (predictor.split: sample)")
+            raise PPFError("the dataset holds a single policy; hold out samples instead (predictor.holdout: sample)")
         chosen, count = [], 0
         for g in rng.permutation(names):
             if count >= want or len(chosen) == len(names) - 1:
@@ -111,7 +111,7 @@ def split(df: pd.DataFrame, test_fraction: float, seed: int, by: str = "policy")
             count += int((groups == g).sum())
         test = np.flatnonzero(np.isin(groups, chosen))
     else:
-        raise PPFError(f"unknown split {by!r}; use policy or sample")
+        raise PPFError(f"unknown hold-out rule {by!r}; use policy or sample")
     train = np.setdiff1d(np.arange(n), test)
     if len(train) == 0:
         raise PPFError(f"nothing left to train on with test_fraction {test_fraction}; lower it")

@@ -21,7 +21,7 @@ from ppf.errors import PPFError
 from ppf.masks import mask_image
 from ppf.plan import DenseShape, PruningPlan
 
-KINDS = ("o_proj", "attention", "mlp", "o_proj+mlp", "blocks")
+INPUTS = ("o_proj", "attention", "mlp", "o_proj+mlp", "blocks")
 
 
 def mlp_width(plan: PruningPlan) -> np.ndarray:
@@ -38,8 +38,8 @@ def image(plan: PruningPlan, kind: str = "o_proj") -> np.ndarray:
         return np.concatenate([mask_image(plan, "o_proj"), mlp_width(plan)])
     if kind == "o_proj+mlp":
         return np.concatenate([mask_image(plan, "o_proj"), mask_image(plan, "mlp")])
-    if kind not in KINDS:
-        raise PPFError(f"unknown predictor input {kind!r}; use one of {', '.join(KINDS)}")
+    if kind not in INPUTS:
+        raise PPFError(f"unknown predictor input {kind!r}; use one of {', '.join(INPUTS)}")
     return mask_image(plan, kind)
 
 
@@ -62,5 +62,5 @@ def image_shape(shape: DenseShape, kind: str) -> tuple[int, int, int]:
     """The [C, L, W] an image of ``kind`` has for a model of ``shape``."""
     planes = {"o_proj": 1, "attention": 4, "mlp": 1, "o_proj+mlp": 2, "blocks": 2}
     if kind not in planes:
-        raise PPFError(f"unknown predictor input {kind!r}; use one of {', '.join(KINDS)}")
+        raise PPFError(f"unknown predictor input {kind!r}; use one of {', '.join(INPUTS)}")
     return planes[kind], shape.n_layers, shape.n_heads

@@ -1,11 +1,12 @@
-"""The CNN that reads a pruning mask as an image and predicts the pruned model's JS divergence.
+"""The CNN that reads a pruning mask as an image and predicts the pruned model's signal
+(``predictor.signal``: NLL above dense by default; the paper's JS divergence, or KL).
 
 The paper's design ("CNN-based Performance Prediction Model"), read top to bottom:
 
 1. three 3x3 convolutions with growing dilation — a mask is noisy pixel by pixel, dilation widens
    the receptive field (neighbouring layers and heads) without downsampling a 30x9 image;
 2. spatial attention (CBAM-style: channel mean and max → conv → sigmoid) weights the positions
-   that matter — keeping or dropping a critical head is what moves JS;
+   that matter — keeping or dropping a critical head is what moves the signal;
 3. two poolings of the attended features: spatial pyramid pooling (fixed n x n grids, so layout
    survives and ANY mask size gives the same feature length) and global average pooling;
 4. a density branch: the global average of the raw input, i.e. the fraction of units kept;
@@ -66,7 +67,7 @@ class SpatialAttention(nn.Module):
 
 
 class PredictorNet(nn.Module):
-    """Mask image [B, C, L, G] (any L, G) → predicted JS [B]."""
+    """Mask image [B, C, L, G] (any L, G) → the predicted signal [B]."""
 
     def __init__(self, config: NetConfig):
         super().__init__()

@@ -51,7 +51,7 @@ def load_predictor(path: str | Path) -> tuple[PredictorNet, dict[str, Any]]:
 
 @dataclass
 class Predictor:
-    """A trained network + the planner of its model: (policy, ratio) → predicted JS in ~1 ms."""
+    """A trained network + the planner of its model: (policy, ratio) → the predicted :attr:`signal` in ~1 ms."""
 
     net: PredictorNet
     meta: dict[str, Any]

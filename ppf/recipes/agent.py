@@ -43,7 +43,7 @@ from ppf.policy import Policy
 from ppf.predictor import Predictor, timed
 from ppf.recipes import validation as V
 from ppf.recipes.collect import context_key as collect_context
-from ppf.registry import Incomparable, locate as locate_file, register
+from ppf.champion import Incomparable, locate as locate_file, promote
 from ppf.workbench import Workbench
 
 
@@ -108,15 +108,15 @@ def predictor_dir(root: Path, params: Params) -> Path:
     return Path(root) / "models" / ("predictor_active" if params.active.feed_agent else "predictor")
 
 
-def answer(wb: Workbench, ratio: float, ref: str | Path | None = None) -> dict[str, Any]:
-    """`ppf policy`: PPF's answer for ``ratio`` (the final choice at a static ratio, else the agent's
-    decision) with its plan and predicted JS."""
+def policy_for(wb: Workbench, ratio: float, ref: str | Path | None = None) -> dict[str, Any]:
+    """`ppf policy`: PPF's policy for ``ratio`` (:meth:`Agents.policy_for`: the final choice at a static
+    ratio, else the actor's decision) with its plan and the predictor's score."""
     with tempfile.TemporaryDirectory() as scratch:
         agents = Agents.load(locate(ref, wb.root, wb.params, scratch))
     if agents.meta.get("model") != wb.name:
         raise PPFError(f"the agent was trained for {agents.meta.get('model')}, not {wb.name}; "
                        "train one for this model (`dvc repro train_agent` with its name in params.yaml)")
-    decision = agents.answer(ratio)
+    decision = agents.policy_for(ratio)
     pol = decision["policy"]
     folder = predictor_dir(wb.root, wb.params)
     if not (folder / "predictor.safetensors").is_file():  # a project whose agent trained on train_predictor's
@@ -322,5 +322,5 @@ def _track(root: Path, params: Params, trained: dict, metrics: dict, agent_file:
         for f in ("results/agent_validation.csv", "plots/agent/rewards.csv", "plots/agent/rewards.png",
                   "plots/agent/validation.png"):
             tracking.log_artifact(root / f, "results")
-        return register("agent", agent_file, params.tracking.agent_name, mean_ppr(Agents.load(agent_file)), rescore,
+        return promote("agent", agent_file, params.tracking.agent_name, mean_ppr(Agents.load(agent_file)), rescore,
                         "mean predicted PPR", {"model": params.model.name})

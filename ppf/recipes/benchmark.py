@@ -2,7 +2,7 @@
 
 The methods are the registry :mod:`ppf.baselines` (dense, llm_pruner, owl, alpha, shortgpt,
 blockpruner, ppf); each turns the dense model into a pruned one at a target block ratio (the
-fraction of the decoder blocks' parameters removed). Width methods hit the ratio exactly
+fraction of the attention and MLP blocks' parameters removed). Width methods hit the ratio exactly
 (±``pruning.tolerance``); depth methods remove whole blocks, so their actual ratio is the nearest
 they can reach (reported). :func:`evaluate` measures a model: test perplexity (and an extra corpus
 if given), zero-shot accuracy (lm-eval, local tasks), parameters, batched-prefill and batch-1
@@ -184,7 +184,8 @@ def compare(df: pd.DataFrame, ratios: list[float], params: Params) -> pd.DataFra
             continue
         for x in at[at.method != "ppf"].itertuples(index=False):
             d = paired_ppl_difference(ppf.iloc[0].nll_windows, x.nll_windows, tokens, params.benchmark.bootstrap, params.seed)
-            rows.append({"target_ratio": r, "method": x.method, "compensation": x.compensation, "ppl": x.ppl_test, "ppf_ppl": float(ppf.iloc[0].ppl_test),
+            rows.append({"target_ratio": r, "method": x.method, "compensation": x.compensation, "ppl": x.ppl_test,
+                         "ppf_ppl": float(ppf.iloc[0].ppl_test),
                          "ppf_vs_pct": d["diff_pct"], "ppf_vs_ci_lo": d["ci_lo"], "ppf_vs_ci_hi": d["ci_hi"],
                          "ppf_wins": bool(d["ci_hi"] < 0), "ppf_loses": bool(d["ci_lo"] > 0)})
     return pd.DataFrame(rows)
@@ -298,8 +299,8 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
              "|---|---|---|---|---|---|---|---|"]
     for c in (comparisons.itertuples(index=False) if comparisons is not None else ()):
         verdict = "**win**" if c.ppf_wins else "**loss**" if c.ppf_loses else "tie (interval includes 0)"
-        lines.append(f"| {getattr(c, 'setting', 'configured')} | {c.target_ratio:g} | {c.method} | {c.ppl:.2f} | {c.ppf_ppl:.2f} | {c.ppf_vs_pct:+.1f} % | "
-                     f"[{c.ppf_vs_ci_lo:+.1f}, {c.ppf_vs_ci_hi:+.1f}] % | {verdict} |")
+        lines.append(f"| {getattr(c, 'setting', 'configured')} | {c.target_ratio:g} | {c.method} | {c.ppl:.2f} | "
+                     f"{c.ppf_ppl:.2f} | {c.ppf_vs_pct:+.1f} % | [{c.ppf_vs_ci_lo:+.1f}, {c.ppf_vs_ci_hi:+.1f}] % | {verdict} |")
     lines += ["", "PPF vs the best baseline at each ratio (configured), as a perplexity REDUCTION: 1 − ppl_PPF / ppl_best "
               "(+ = PPF lower; the paired table above has the opposite sign).", "",
               "| ratio | PPF policy | PPF ppl | best baseline | its ppl | PPF's reduction vs best |", "|---|---|---|---|---|---|"]
@@ -307,7 +308,8 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
         if r == "dense" or "ppf_ppl" not in e:
             continue
         lines.append(f"| {r} | {e['ppf_policy']} | {e['ppf_ppl']:.2f} | {e.get('best_baseline', '–')} | "
-                     f"{e.get('best_baseline_ppl', float('nan')):.2f} | {e.get('ppl_reduction_vs_best_pct', float('nan')):+.1f} % |")
+                     f"{e.get('best_baseline_ppl', float('nan')):.2f} | "
+                     f"{e.get('ppl_reduction_vs_best_pct', float('nan')):+.1f} % |")
     cols = ["method", "compensation", "target_ratio", "actual_ratio", "ppl_test", "ppl_test_ci_lo", "ppl_test_ci_hi", "js_test",
             "zs_mean", "zs_mean_stderr", "tokens_per_s", "prefill_tok_s", "peak_mem_mb", "params"]
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -36,7 +36,7 @@ def context_key(root: Path, params: Params) -> str:
     """
     data = [Path(root) / "data" / d for d in ("calibration", "importance")]
     payload = {"model": params.model.model_dump(exclude={"device"}), "pruning": params.pruning.model_dump(),
-               "js": params.js.model_dump(), "calibration": params.calibration.model_dump(),
+               "heldout": params.heldout.model_dump(), "calibration": params.calibration.model_dump(),
                "data": digest(*[d for d in data if d.exists()])}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -18,7 +18,7 @@ def score(root: Path, params: Params) -> dict[str, Any]:
     imp = wb.importance(compute=True, save_to=Path(root) / "data" / "importance")
     out = {"layer": imp.layer, "seconds": dict(imp.meta.get("timings", {})), "unit_importance": imp.meta["unit_importance"]}
     limit = params.benchmark.blockpruner.order_ratio
-    if limit > 0:  # BlockPruner's greedy order, for order=blocks policies and the blockpruner baseline
+    if limit > 0:  # BlockPruner's greedy order, for blocks=N policies and the blockpruner baseline
         t = time.perf_counter()
         steps = wb.block_steps(limit, compute=True, save_to=Path(root) / "data" / "importance")
         out["seconds"]["block_order_s"] = time.perf_counter() - t

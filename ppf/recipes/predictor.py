@@ -1,11 +1,11 @@
-"""The `train_predictor` recipe: dataset → split → fit → held-out scores → files; speed; registry.
+"""The `train_predictor` recipe: dataset → hold-out → fit → held-out scores → files; speed; registry.
 
 Thin steps over the components, shared by the flow, the CLI, active learning and the ablation study:
 
 - :func:`prepare_data` — validated samples, their images and the seeded held-out split;
 - :func:`train_and_score` — one network trained on the training rows, scored on the held-out ones;
 - :func:`speed` — the same held-out policies judged by the predictor and evaluated for real;
-- :func:`verify` — one policy's true JS (``ppf predict --verify``);
+- :func:`verify` — one policy's true signal (``ppf predict --verify``);
 - :func:`write_outputs` — the predictor file, the held-out table and the scatter plot;
 - :func:`register` — log + register in MLflow; move ``champion`` only if the new version is better
   on THIS held-out set (the champion is re-scored on it, not trusted by its own old numbers);
@@ -28,13 +28,13 @@ from ppf.config import Params
 from ppf.errors import PPFError
 from ppf.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from ppf.policy import Planner, Policy
-from ppf.predictor.dataset import build_images, policy_groups, read_samples, split, within_rows
+from ppf.predictor.dataset import build_images, policy_groups, read_samples, holdout, within_rows
 from ppf.predictor.features import image_shape
 from ppf.predictor.net import NetConfig, PredictorNet
 from ppf.predictor.store import Predictor, load_predictor, save_predictor
 from ppf.predictor.train import TrainConfig, fit, predict, scores, timed
 from ppf.recipes.collect import DATASET
-from ppf.registry import Incomparable, locate as locate_file, register as register_version
+from ppf.champion import Incomparable, locate as locate_file, promote
 from ppf.workbench import Workbench
 
 
@@ -62,7 +62,7 @@ def prepare_data(wb: Workbench, kind: str | None = None) -> Data:
     planner = wb.planner
     kind = kind or pp.input
     images = build_images(df, planner, kind)
-    train, test = split(df, pp.test_fraction, pp.seed, pp.split)
+    train, test = holdout(df, pp.test_fraction, pp.seed, pp.holdout)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return Data(df, images, train, test, within_rows(df), planner, kind, digest, pp.signal)
 
@@ -131,7 +131,8 @@ def ranking_scores(data: Data, test_pred: np.ndarray, within_pred: np.ndarray) -
     ratios = data.df["ratio"].to_numpy(dtype=float)
     test_groups = by_ratio(ratios[data.test], y[data.test], test_pred)
     out: dict[str, Any] = {"distinct_predictions": int(len(np.unique(np.round(test_pred, 6)))),
-                           "spearman_within_ratio_heldout": float(np.mean(list(test_groups.values()))) if test_groups else float("nan")}
+                           "spearman_within_ratio_heldout": (float(np.mean(list(test_groups.values())))
+                                                             if test_groups else float("nan"))}
     if len(data.within):
         groups = by_ratio(ratios[data.within], y[data.within], within_pred)
         out |= {"spearman_within_ratio": float(np.mean(list(groups.values()))) if groups else float("nan"),
@@ -176,7 +177,7 @@ def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50, b
 
     Predictor: policy → plan → image → CNN (no weights touched), one at a time and in one batch of
     ``batch_size`` (plans made one by one, one forward over all images). Real: the same plan → prune a
-    copy of the dense model → JS on the held-out tokens (as in collection; the dense reference is
+    copy of the dense model → the signals on the held-out tokens (as in collection; the dense reference is
     computed once beforehand).
     """
     rows = data.df.iloc[data.test[np.linspace(0, len(data.test) - 1, min(n, len(data.test))).astype(int)]]
@@ -186,7 +187,7 @@ def speed(wb: Workbench, predictor: Any, data: Data, n: int, repeat: int = 50, b
     real = [samples.evaluate(wb, s) for s in chosen]
     true_ms = 1e3 * float(np.mean([r["plan_s"] + r["eval_s"] for r in real]))
     predictor_ms = 1e3 * float(np.mean(pred_s))
-    stored = dict(zip(data.df["key"], data.y))
+    stored = dict(zip(data.df["key"], data.y, strict=True))
     batch = [(s.policy, s.ratio) for s in chosen] * (-(-batch_size // len(chosen)))  # >= batch_size policies
     batch_ms = 1e3 * timed(lambda: predictor.predict_batch(batch), 3) / len(batch)
     return {"predictor_ms": predictor_ms, "true_eval_ms": true_ms, "speedup": true_ms / predictor_ms,
@@ -225,7 +226,7 @@ def register(params: Params, predictor_file: Path, data: Data, held_out: dict[st
         images = data.images if meta["input"] == data.kind else build_images(data.df, data.planner, meta["input"])
         return scores(data.y[data.test], predict(net, images[data.test]))["mae"]
 
-    return register_version("predictor", predictor_file, params.tracking.predictor_name, held_out["mae"], rescore,
+    return promote("predictor", predictor_file, params.tracking.predictor_name, held_out["mae"], rescore,
                             "held-out MAE", tags)
 
 
@@ -256,7 +257,7 @@ def publish(root: Path, params: Params, wb: Workbench, data: Data, result: dict[
     held_out = result["held_out"]
     meta = {"model": data.planner.model, "input": pp.input, "signal": data.signal,
             "image_shape": list(image_shape(data.planner.shape, pp.input)), "dataset": data.digest,
-            "pruning": params.pruning.model_dump(), "held_out": held_out, "split": pp.split,
+            "pruning": params.pruning.model_dump(), "held_out": held_out, "holdout": pp.holdout,
             "test_fraction": pp.test_fraction, "seed": pp.seed}
     table = heldout_table(data, np.asarray(result["pred"], dtype=np.float32))
     paths = write_outputs(root, net.eval(), meta, table, result["history"], held_out)

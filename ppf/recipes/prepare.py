@@ -110,9 +110,9 @@ def publish(root: Path, params: Params, token_counts: dict[str, int], calib: tor
             chars: dict[str, int], tasks: dict[str, int]) -> dict[str, Any]:
     """data/calibration/tokens.safetensors, metrics/prepare.json and the MLflow run; the metrics."""
     root = Path(root)
-    cal, js = params.calibration, params.js
+    cal, js = params.calibration, params.heldout
     write_tensors_atomic(root / "data" / "calibration" / "tokens.safetensors", {"calibration": calib, "heldout": heldout},
-                         {"model": params.model.name, "calibration": cal.model_dump(), "js": js.model_dump()})
+                         {"model": params.model.name, "calibration": cal.model_dump(), "heldout": js.model_dump()})
     metrics = {"tokens": token_counts, "chars": chars, "task_examples": tasks,
                "calibration_tokens": calib.numel(), "heldout_tokens": heldout.numel()}
     write_json_atomic(root / "metrics" / "prepare.json", metrics)

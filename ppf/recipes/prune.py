@@ -41,7 +41,7 @@ def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
     progress("calibration tokens + importance scores (cached after the first run)")
     wb.planner  # noqa: B018  (reads, or computes once, the importance scores)
     if policy.depth and policy.order == "blocks" and wb.planner.block_order is None:
-        progress("BlockPruner's block order for order=blocks (searched once, then cached)")
+        progress("BlockPruner's block order for blocks=N (searched once, then cached)")
         steps = wb.block_steps(max(wb.params.benchmark.blockpruner.order_ratio, ratio + 0.02), compute=True)
         wb.planner = replace(wb.planner, block_order=as_order(steps))  # the planner, now with the order
     times["importance_s"] = time.perf_counter() - t

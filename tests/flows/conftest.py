@@ -98,7 +98,7 @@ def tiny_project(tmp_path: Path, tiny_model_dir: Path) -> Path:
         "data": {"gensim": {"wheel": str(wheel)}, "corpus": {"source": "enwiki", "min_chars": 200},
                  "valid_fraction": 0.2, "test_fraction": 0.2},
         "calibration": {"n_samples": 4, "seqlen": 16},
-        "js": {"n_samples": 2, "seqlen": 16},
+        "heldout": {"n_samples": 2, "seqlen": 16},
         "tasks": {"limit": 5},
         "eval": {"seqlen": 32, "max_windows": 4, "zero_shot_limit": 4, "matmul_precision": "ieee"},
         # the flow tests' own small world: the paper's grid, no within-ratio set, the paper's predictor

@@ -112,7 +112,8 @@ def test_ppf_benchmark_command_resumes_from_finished_cells(bench_project, monkey
     main()
     assert len(calls) == 2 + 3  # (owl, lsq) came from the cache; (owl, none) and shortgpt's two were evaluated
     df = pd.read_csv(bench_project / "mine.csv")
-    assert list(zip(df.method, df.compensation)) == [("owl", "lsq"), ("owl", "none"), ("shortgpt", "mean"), ("shortgpt", "none")]
+    assert list(zip(df.method, df.compensation, strict=True)) == [("owl", "lsq"), ("owl", "none"), ("shortgpt", "mean"),
+                                                                   ("shortgpt", "none")]
     assert "owl" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", argv[:3] + [model, "--methods", "owl,magic"])
     with pytest.raises(SystemExit) as exc:

@@ -41,7 +41,6 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
     for key in ("policy_latency_ms", "mean_ppl_agent", "mean_ppl_uniform", "mean_ppl_owl", "mean_ppl_alpha",
                 "mean_ppl_grid_best"):
         assert metrics[key] > 0, key
-    assert metrics["policy_latency_ms"] < 50
     # active.feed_agent: the agents trained on the active stage's refit predictor, not train_predictor's
     import hashlib
 
@@ -49,6 +48,15 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
 
     digest = lambda f: hashlib.sha256((agent_project / "models" / f / "predictor.safetensors").read_bytes()).hexdigest()[:16]  # noqa: E731
     assert Agents.load(agent_project / "models" / "agent").meta["predictor"] == digest("predictor_active") != digest("predictor")
+    # what policy_latency_ms times: a decision is ONE forward of one actor, nothing else (counted, not
+    # timed: no wall-clock threshold on a shared machine)
+    agents = Agents.load(agent_project / "models" / "agent")
+    forwards = []
+    for mode, actor in agents.actors.items():
+        actor.register_forward_hook(lambda module, args, output, mode=mode: forwards.append(mode))
+    for r in (0.2, 0.3, 0.4):
+        agents.decide(r)
+    assert forwards == [agents.mode_for(r)[0] for r in (0.2, 0.3, 0.4)]
     assert "reward_agreement" in metrics and set(metrics["reward_agreement"]) <= {"js", "kl", "nll", "best"}
     table = pd.read_csv(agent_project / "results" / "agent_validation.csv")
     dyn = table[table.setting == "dynamic"]
@@ -97,12 +105,24 @@ def test_train_agent_validates_on_the_true_model_and_registers(agent_project, ca
 
     monkeypatch.chdir(agent_project)
     model = yaml.safe_load((agent_project / "params.yaml").read_text())["model"]["name"]
-    code, out, err = run_cli(["policy", "--model", model, "--ratio", "0.25"], capsys)
+    import ppf.agent.store as S
+    import ppf.workbench as W
+    from ppf.predictor import Predictor
+
+    with monkeypatch.context() as m:  # `ppf policy` at a dynamic ratio: one actor forward, one predictor
+        acts, predicted = [], []  # answer, and never the dense model (counted, not timed)
+        real_act, real_predict = S.act, Predictor.predict
+        m.setattr(S, "act", lambda actor, state: acts.append(state) or real_act(actor, state))
+        m.setattr(Predictor, "predict", lambda self, *a, **k: predicted.append(a) or real_predict(self, *a, **k))
+        m.setattr(W, "load", lambda *a, **k: pytest.fail("`ppf policy` loaded the dense model"))
+        code, out, err = run_cli(["policy", "--model", model, "--ratio", "0.25"], capsys)
     assert code == 0, err
+    assert len(acts) == 1 and len(predicted) == 1
     answer = json.loads(out)
     assert answer["method"] in {"lod", "esd", "bi"} and 0 <= answer["a_eta"] <= 0.5
-    assert len(answer["layer_ratios"]) == 3 and answer["predicted"] > 0 and answer["signal"] == "js" and answer["mode"] == "dynamic"
-    assert answer["decision_ms"] < 50 and answer["warning"] is None
+    assert len(answer["layer_ratios"]) == 3 and answer["predicted"] > 0
+    assert answer["signal"] == "js" and answer["mode"] == "dynamic"
+    assert answer["decision_ms"] >= 0 and answer["warning"] is None
     code, out, err = run_cli(["policy", "--model", model, "--ratio", "0.6"], capsys)
     assert code == 0 and "outside every trained range" in err and json.loads(out)["warning"]
     code, _, err = run_cli(["policy", "--model", model, "--ratio", "1.3"], capsys)

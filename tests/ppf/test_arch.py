@@ -45,7 +45,7 @@ def test_layer_views(tiny_llama):
     views = arch.layers(model)
     assert [v.index for v in views] == [0, 1, 2]
     cfg = model.config
-    for v, block in zip(views, model.model.layers):
+    for v, block in zip(views, model.model.layers, strict=True):
         assert v.q_proj is block.self_attn.q_proj and v.down_proj is block.mlp.down_proj
         assert (v.n_heads, v.n_kv_heads, v.head_dim) == (cfg.num_attention_heads, cfg.num_key_value_heads, 16)
         assert v.groups == cfg.num_attention_heads // cfg.num_key_value_heads

@@ -31,13 +31,13 @@ class Windows:
 
 
 def test_identical_plans_are_merged_before_ranking():
-    rows = [{"contender": "agent", "policy": "bi:0.1,depth=6,order=layers", "nll_valid": [1.0, 2.0], "plan": "A"},
-            {"contender": "shortgpt", "policy": "uniform,depth=6,order=layers", "nll_valid": [1.0, 2.0], "plan": "A"},
-            {"contender": "dynamic_agent", "policy": "bi:0.2,depth=6,order=layers", "nll_valid": [1.0, 2.0], "plan": "A"},
-            {"contender": "llm_pruner", "policy": "uniform,keep=4:2,split=groups", "nll_valid": [1.5, 2.5], "plan": "B"}]
+    rows = [{"contender": "agent", "policy": "bi:0.1,layers=6", "nll_valid": [1.0, 2.0], "plan": "A"},
+            {"contender": "shortgpt", "policy": "uniform,layers=6", "nll_valid": [1.0, 2.0], "plan": "A"},
+            {"contender": "dynamic_agent", "policy": "bi:0.2,layers=6", "nll_valid": [1.0, 2.0], "plan": "A"},
+            {"contender": "llm_pruner", "policy": "uniform,keep=4:2,attn=groups", "nll_valid": [1.5, 2.5], "plan": "B"}]
     entries = merge(rows, key=lambda row: row["plan"])
     assert [e.names for e in entries] == [["agent", "shortgpt", "dynamic_agent"], ["llm_pruner"]]
-    assert entries[0].policy == "bi:0.1,depth=6,order=layers"  # the first row's text stands for the plan
+    assert entries[0].policy == "bi:0.1,layers=6"  # the first row's text stands for the plan
     assert [e.floor for e in entries] == [True, True]  # ShortGPT's allocation is among the first's names
     assert merge(rows[:1], key=lambda row: row["plan"])[0].floor is False
 
@@ -122,9 +122,9 @@ def test_budgets_start_with_the_validation_and_stop_at_the_split():
 def test_choose_races_each_static_ratio_and_names_a_baseline_answer():
     w = Windows({"A": 0.0, "B": 0.2, "C": -0.2}, n=64)
     rows = [{"ratio": 0.2, "setting": "static", "contender": "agent", "policy": "bi:0.1", "key": "B"},
-            {"ratio": 0.2, "setting": "static", "contender": "llm_pruner", "policy": "uniform,keep=4:2,split=groups", "key": "A"},
+            {"ratio": 0.2, "setting": "static", "contender": "llm_pruner", "policy": "uniform,keep=4:2,attn=groups", "key": "A"},
             {"ratio": 0.4, "setting": "static", "contender": "agent", "policy": "bi:0.3", "key": "C"},
-            {"ratio": 0.4, "setting": "static", "contender": "llm_pruner", "policy": "uniform,keep=4:2,split=groups", "key": "A"},
+            {"ratio": 0.4, "setting": "static", "contender": "llm_pruner", "policy": "uniform,keep=4:2,attn=groups", "key": "A"},
             {"ratio": 0.4, "setting": "static", "contender": "search#1", "policy": "search:1", "key": "Z"},
             {"ratio": 0.3, "setting": "dynamic", "contender": "agent", "policy": "bi:0.2", "key": "C"}]
     for row in rows:
@@ -156,11 +156,11 @@ def test_the_benchmark_names_a_baseline_allocation_that_ppf_answers(tmp_path):
                        {"model": wb.name, "net_arch": [8]})
     for allocation, needle in ((FLOOR["llm_pruner"], "(LLM-Pruner's allocation: nothing beat it on valid)"),
                                (None, "(chosen (agent) agent)")):
-        chosen = {"contender": "llm_pruner" if allocation else "agent", "policy": "uniform,keep=1:1,split=groups",
+        chosen = {"contender": "llm_pruner" if allocation else "agent", "policy": "uniform,keep=1:1,attn=groups",
                   "allocation": allocation, "ppl_valid": 9.0, "windows": 32}
         Agents.load(file).with_choices({"0.4": chosen}, file)
         desc, plan = get("ppf").plan(wb, 0.4)
-        assert desc == "uniform,keep=1:1,split=groups " + needle
+        assert desc == "uniform,keep=1:1,attn=groups " + needle
         assert plan == wb.planner.plan(Policy.parse(chosen["policy"]), 0.4)
 
 

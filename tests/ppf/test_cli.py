@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from ppf.cli import main
 from ppf.data.corpus import calibration_batch
 from ppf.io import write_tensors_atomic, write_text_atomic
 from tiny import make_text, run_cli
@@ -30,7 +29,7 @@ def project(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> Path:
     for i, split in enumerate(("train", "valid", "test")):
         write_text_atomic(corpus / f"{split}.txt", make_text(3000 if split == "train" else 800, seed=i))
     params = {"model": {"name": str(tiny_model_dir)}, "calibration": {"n_samples": 4, "seqlen": 16},
-              "js": {"n_samples": 2, "seqlen": 16}, "eval": {"seqlen": 32, "max_windows": 4}}
+              "heldout": {"n_samples": 2, "seqlen": 16}, "eval": {"seqlen": 32, "max_windows": 4}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     train = torch.tensor(tok(make_text(3000, seed=0))["input_ids"])
@@ -38,12 +37,12 @@ def project(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> Path:
     write_tensors_atomic(root / "data" / "calibration" / "tokens.safetensors",
                          {"calibration": calibration_batch(train, 4, 16, 0), "heldout": calibration_batch(valid, 2, 16, 1)},
                          {"model": str(tiny_model_dir), "calibration": {"n_samples": 4, "seqlen": 16, "seed": 0},
-                          "js": {"n_samples": 2, "seqlen": 16, "seed": 1, "batch_size": 4}})
+                          "heldout": {"n_samples": 2, "seqlen": 16, "seed": 1, "batch_size": 4}})
     monkeypatch.chdir(root)
     return root
 
 
-@pytest.mark.parametrize("policy", ["uniform", "lod:0.2", "esd:0.3", "bi:0.5", "lod:0.2,norm=rank,keep=1:0,split=0.4"])
+@pytest.mark.parametrize("policy", ["uniform", "lod:0.2", "esd:0.3", "bi:0.5", "lod:0.2,norm=rank,keep=1:0,attn=0.4"])
 def test_prune_hits_the_ratio_and_saves_a_loadable_checkpoint(project, tiny_model_dir, capsys, policy):
     out = project / "pruned"
     code, stdout, _ = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--policy", policy,
@@ -79,9 +78,9 @@ def test_eval_reports_perplexity_and_js_against_the_base(project, tiny_model_dir
     (["--policy", "random:0.1"], "random"),
     (["--ratio", "0.97"], "0.97"),
     (["--policy", "lod:0.2,keep=2:1"], "keep=2:1"),  # protects all 3 layers of the tiny model
-    (["--policy", "lod:0.2,split=2"], "split='2'"),
+    (["--policy", "lod:0.2,attn=2"], "attn='2'"),
     (["--policy", "lod:0.2,width=3"], "width=3"),
-    (["--ratio", "0.3", "--policy", "uniform,depth=1"], "depth=1"),  # one of 3 layers is more than 0.3
+    (["--ratio", "0.3", "--policy", "uniform,layers=1"], "layers=1"),  # one of 3 layers is more than 0.3
 ])
 def test_prune_bad_input_is_one_line_and_writes_nothing(project, tiny_model_dir, capsys, args, needle):
     out = project / "pruned"
@@ -112,10 +111,12 @@ def test_info_prints_the_architecture(tiny_model_dir, capsys):
 
 def test_info_on_a_pruned_checkpoint_shows_per_layer_shapes(project, tiny_model_dir, capsys):
     out = project / "pruned"
-    assert run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.5", "--policy", "bi:0.5", "--out", str(out)], capsys)[0] == 0
+    assert run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.5", "--policy", "bi:0.5", "--out", str(out)],
+               capsys)[0] == 0
     code, stdout, _ = run(["info", "--model", str(out), "--json"], capsys)
     info = json.loads(stdout)
-    assert code == 0 and info["block_params"] < json.loads(run(["info", "--model", str(tiny_model_dir), "--json"], capsys)[1])["block_params"]
+    dense = json.loads(run(["info", "--model", str(tiny_model_dir), "--json"], capsys)[1])
+    assert code == 0 and info["block_params"] < dense["block_params"]
     assert len(info["intermediate_per_layer"]) == 3
 
 
@@ -142,7 +143,7 @@ def test_usage_errors_are_one_line_and_exit_2(capsys, argv, needle):
 
 def test_prune_without_out_says_nothing_was_saved(project, tiny_model_dir, capsys):
     code, stdout, err = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3"], capsys)
-    assert code == 0 and "actual block reduction" in stdout
+    assert code == 0 and "actual block ratio" in stdout
     assert "nothing saved; pass --out DIR to save" in err
     code, stdout, err = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--json"], capsys)
     assert code == 0 and json.loads(stdout)["out"] is None and "nothing saved" in err

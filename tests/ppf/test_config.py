@@ -61,6 +61,10 @@ def _json(value):
         ({"agent": {"choice": {"windows": [8]}}}, "must start above agent.validation.ppl_windows (8)"),
         ({"agent": {"choice": {"level": 1.5}}}, "'agent.choice.level' = 1.5"),
         ({"agent": {"choice": {"windows": [32], "survivors": [3]}}}, "'agent.choice.survivors' is retired: the final choice"),
+        # renamed keys: one clear error naming the new one, never silently ignored
+        ({"js": {"n_samples": 8}}, "'js' is retired: the section of held-out tokens is named heldout"),
+        ({"collect": {"space": {"split": [0.0, 0.5]}}}, "rename collect.space.split to collect.space.attn"),
+        ({"predictor": {"split": "sample"}}, "rename predictor.split to predictor.holdout"),
     ],
 )
 def test_bad_values_name_the_key(raw, needle):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 
 import pytest
 import torch
@@ -90,7 +91,7 @@ def test_blockpruner_removes_the_block_that_hurts_least_first():
     shape = DenseShape.of(model)
     steps = removal_order(model, x, shape, max_ratio=0.3, loss=loss)
     assert (steps[0]["kind"], steps[0]["layer"]) == ("mlp", 1)
-    assert steps[-1]["block_ratio"] >= 0.3 and all(a["block_ratio"] < b["block_ratio"] for a, b in zip(steps, steps[1:]))
+    assert steps[-1]["block_ratio"] >= 0.3 and all(a["block_ratio"] < b["block_ratio"] for a, b in pairwise(steps))
     attn, mlp, actual = blocks_for_ratio(steps, 0.2)
     assert actual == pytest.approx(block_ratio(shape, attn, mlp))
     assert len(model.model.layers) == 3 and not hasattr(model, "ppf_removed_blocks")  # the model stays dense
@@ -121,7 +122,8 @@ def test_blockpruner_scores_from_cached_layer_inputs_exactly_as_a_full_forward_w
         for kind, i in blocks:
             if (kind, i) in removed:
                 continue
-            put(kind, i, NoAttention.replacing(blocks[(kind, i)], i) if kind == "attention" else NoMLP.replacing(blocks[(kind, i)]))
+            put(kind, i, NoAttention.replacing(blocks[(kind, i)], i) if kind == "attention"
+                else NoMLP.replacing(blocks[(kind, i)]))
             with torch.no_grad():
                 scores.append((next_token_nll(work(x, use_cache=False).logits, x), kind, i))
             put(kind, i, blocks[(kind, i)])

@@ -10,7 +10,7 @@ from torch import nn
 
 from tiny import make_llama
 from ppf.errors import PPFError
-from ppf.masks import (KINDS, MATRICES, attention_image, compress, full_masks, mask_image, mlp_image,
+from ppf.masks import (MASK_KINDS, MATRICES, attention_image, compress, full_masks, mask_image, mlp_image,
                        plan_from_model, unit_masks)
 from ppf.plan import DenseShape, LayerPlan, PruningPlan
 from ppf.policy import Policy, plan_for
@@ -114,7 +114,7 @@ def test_full_image_and_kinds():
     for j, name in enumerate(MATRICES):
         w = m[name].shape[1]
         assert np.array_equal(img[j, :, :w], m[name]) and not img[j, :, w:].any()  # zero-padded
-    assert KINDS == ("o_proj", "attention", "mlp", "full")
+    assert MASK_KINDS == ("o_proj", "attention", "mlp", "full")
     with pytest.raises(PPFError, match="unknown mask kind 'ffn'; use one of o_proj, attention, mlp, full"):
         mask_image(plan, "ffn")
 
@@ -149,7 +149,7 @@ def prune_by_hand(model: nn.Module, plan: PruningPlan) -> nn.Module:
     def rows(units: tuple[int, ...]) -> torch.Tensor:
         return torch.tensor([u * hd + j for u in units for j in range(hd)])
 
-    for block, lp in zip(model.model.layers, plan.layers):
+    for block, lp in zip(model.model.layers, plan.layers, strict=True):
         attn, mlp = block.self_attn, block.mlp
         q_rows, kv_rows, ch = rows(lp.heads), rows(lp.kv_heads), torch.tensor(lp.channels)
         attn.q_proj = _select(attn.q_proj, out_idx=q_rows)
@@ -203,12 +203,12 @@ def test_plan_from_model_rejects_foreign_models():
 
 
 @pytest.mark.parametrize("shape", [DenseShape(3, 64, 4, 4, 16, 96), DenseShape(3, 64, 4, 2, 16, 96), GQA8])
-@pytest.mark.parametrize("policy", ["lod:0.3", "bi:0.2,norm=rank,keep=1:0,depth=1,split=0.25", "uniform,split=groups"])
+@pytest.mark.parametrize("policy", ["lod:0.3", "bi:0.2,norm=rank,keep=1:0,layers=1,attn=0.25", "uniform,attn=groups"])
 def test_the_batch_path_images_equal_the_plans(shape, policy):
     """Planner.masks + image_of_masks (no index lists) give exactly the image of the plan, every kind,
     and from_masks' vectorised checks build the same plan the per-layer validation accepts."""
     from ppf.policy import keep_masks
-    from ppf.predictor.features import KINDS as INPUTS, image, image_of_masks
+    from ppf.predictor.features import INPUTS, image, image_of_masks
 
     g = torch.Generator().manual_seed(1)
     units = {"head": torch.rand(shape.n_layers, shape.n_heads, generator=g),

@@ -1,4 +1,4 @@
-"""The CNN predictor: any mask size, ablation switches, training that learns, split, errors."""
+"""The CNN predictor: any mask size, ablation switches, training that learns, hold-out, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from ppf.errors import PPFError
 from ppf.plan import DenseShape
 from ppf.predictor import (NetConfig, Predictor, PredictorNet, TrainConfig, fit, image, image_shape, load_predictor,
-                           policy_groups, predict, read_samples, save_predictor, scores, split)
+                           holdout, policy_groups, predict, read_samples, save_predictor, scores)
 
 
 @pytest.mark.parametrize("size", [(30, 9), (32, 32), (3, 4), (1, 1)])
@@ -57,8 +57,10 @@ def test_training_is_reproducible_for_a_seed():
     a, _ = fit(x, y, cfg, tc)
     b, _ = fit(x, y, cfg, tc)
     c, _ = fit(x, y, cfg, TrainConfig(epochs=2, seed=4))
-    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys() == sc.keys()  # the key sets first: a missing tensor is never compared away
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
 def test_a_log_target_fits_log_signal_answers_in_signal_units_and_shifts_non_positive_targets(tmp_path):
@@ -107,19 +109,19 @@ def _frame(n_policies: int = 10, ratios=(0.2, 0.3, 0.4, 0.5), shape=(1, 3, 4)) -
     return pd.DataFrame(rows)
 
 
-def test_policy_split_never_shows_a_held_out_policy_in_training():
+def test_policy_holdout_never_shows_a_held_out_policy_in_training():
     df = _frame()
-    train, test = split(df, 0.2, seed=1)
+    train, test = holdout(df, 0.2, seed=1)
     groups = policy_groups(df)
     assert set(groups[train]).isdisjoint(groups[test])
     assert len(train) + len(test) == len(df) and 0.15 <= len(test) / len(df) <= 0.35
     # a_eta = 0 is the same uniform plan for every method: one policy
     assert (groups[df.a_eta.to_numpy() == 0] == "uniform").all()
-    assert np.array_equal(split(df, 0.2, seed=1)[1], test) and not np.array_equal(split(df, 0.2, seed=2)[1], test)
+    assert np.array_equal(holdout(df, 0.2, seed=1)[1], test) and not np.array_equal(holdout(df, 0.2, seed=2)[1], test)
 
 
-def test_sample_split_holds_out_the_fraction():
-    train, test = split(_frame(), 0.25, seed=0, by="sample")
+def test_sample_holdout_holds_out_the_fraction():
+    train, test = holdout(_frame(), 0.25, seed=0, by="sample")
     assert len(test) == 10 and len(np.intersect1d(train, test)) == 0
 
 

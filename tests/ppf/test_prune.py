@@ -49,7 +49,7 @@ def masked_dense(model, plan: PruningPlan):
     KV group are dropped too, by the GQA rule, so K/V never need masking.)"""
     ref = copy.deepcopy(model)
     hd = plan.shape.head_dim
-    for view, lp in zip(arch.layers(ref), plan.layers):
+    for view, lp in zip(arch.layers(ref), plan.layers, strict=True):
         for h in set(range(plan.shape.n_heads)) - set(lp.heads):
             view.o_proj.weight[:, h * hd:(h + 1) * hd] = 0
         dropped = sorted(set(range(plan.shape.intermediate)) - set(lp.channels))
@@ -99,7 +99,7 @@ def test_shapes_and_parameter_count(n_heads, n_kv, model_type, bias):
     prune_model(model, plan)
     assert plan_of(model) is plan
     views = arch.layers(model)
-    for view, lp in zip(views, plan.layers):
+    for view, lp in zip(views, plan.layers, strict=True):
         assert (view.n_heads, view.n_kv_heads, view.intermediate) == (len(lp.heads), len(lp.kv_heads), len(lp.channels))
         assert view.module.self_attn.num_key_value_groups == len(lp.heads) // len(lp.kv_heads)
         assert arch.block_params(view) == plan.layer_params(view.index)

@@ -27,7 +27,7 @@ def bench(request):
                           torch.randint(4, 90, (2, 16), generator=gen))
 
 
-@pytest.mark.parametrize("start", ["uniform,keep=2:1,split=groups", "lod:0.2", "bi:0.1,norm=rank,depth=1,split=0.2"])
+@pytest.mark.parametrize("start", ["uniform,keep=2:1,attn=groups", "lod:0.2", "bi:0.1,norm=rank,layers=1,attn=0.2"])
 def test_every_mutant_is_a_different_policy_that_spends_the_same_budget(bench, start):
     planner, ratio, seen = bench.planner, 0.35, {start}
     kids = mutants(Policy.parse(start), ratio, 12, random.Random(0), planner.shape, planner.max_layer_ratio,

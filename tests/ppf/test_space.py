@@ -38,8 +38,8 @@ def bench(request):
 def test_the_paper_form_still_parses_and_the_extended_form_round_trips():
     assert Policy.parse("lod:0.2") == Policy("lod", 0.2) and str(Policy("lod", 0.2)) == "lod:0.2"
     assert Policy.parse("lod:0.2").is_paper
-    p = Policy.parse(" LOD:0.2, norm=rank, keep=4:2, depth=3, order=blocks, split=0.25 ")
-    assert (p.norm, p.first, p.last, p.depth, p.order, p.split) == ("rank", 4, 2, 3, "blocks", 0.25)
+    p = Policy.parse(" LOD:0.2, norm=rank, keep=4:2, blocks=3, attn=0.25 ")
+    assert (p.norm, p.first, p.last, p.depth, p.order, p.attn) == ("rank", 4, 2, 3, "blocks", 0.25)
     assert Policy.parse(str(p)) == p and not p.is_paper
     assert Policy.parse("uniform,keep=4:2") == Policy("uniform", first=4, last=2)
 
@@ -48,11 +48,15 @@ def test_the_paper_form_still_parses_and_the_extended_form_round_trips():
     ("lod:0.2,speed=fast", "unknown part 'speed=fast'"),
     ("lod:0.2,norm=zscore", "norm='zscore'"),
     ("lod:0.2,keep=4", "keep=FIRST:LAST"),
-    ("lod:0.2,depth=-1", "depth=N"),
-    ("lod:0.2,order=random,depth=2", "order='random'"),
-    ("lod:0.2,split=1.5", "split='1.5' is outside"),
-    ("lod:0.2,split=-0.1", "outside"),
-    ("lod:0.2,depth=2,depth=3", "twice"),
+    ("lod:0.2,layers=-1", "layers=N"),
+    ("lod:0.2,blocks=x", "blocks=N"),
+    ("lod:0.2,layers=1,blocks=2", "both layers= and blocks="),
+    ("lod:0.2,order=random,layers=2", "order= is gone; write layers=N or blocks=N"),
+    ("lod:0.2,depth=2", "depth= is gone; write layers=N"),
+    ("lod:0.2,split=0.1", "split= is gone; write attn=S"),
+    ("lod:0.2,attn=1.5", "attn='1.5' is outside"),
+    ("lod:0.2,attn=-0.1", "outside"),
+    ("lod:0.2,layers=2,layers=3", "twice"),
 ])
 def test_bad_policy_text_is_one_clear_error(text, match):
     with pytest.raises(PPFError, match=match):
@@ -64,11 +68,11 @@ def test_impossible_policies_for_a_model_are_refused(bench):
     with pytest.raises(PPFError, match=f"keep=5:3 protects 8 layers of {n}"):
         bench.planner.plan(Policy.parse("uniform,keep=5:3"), 0.3)
     with pytest.raises(PPFError, match="removes every one of the 8 layers"):
-        bench.planner.plan(Policy.parse("uniform,depth=8"), 0.5)
+        bench.planner.plan(Policy.parse("uniform,layers=8"), 0.5)
     with pytest.raises(PPFError, match="more than the target"):
-        bench.planner.plan(Policy.parse("uniform,depth=4"), 0.2)
+        bench.planner.plan(Policy.parse("uniform,layers=4"), 0.2)
     with pytest.raises(PPFError, match="BlockPruner's block order"):
-        bench.planner.plan(Policy.parse("uniform,depth=2,order=blocks"), 0.3)
+        bench.planner.plan(Policy.parse("uniform,blocks=2"), 0.3)
 
 
 # ---- robust normalisation -----------------------------------------------------------------------
@@ -96,7 +100,7 @@ def test_every_baselines_allocation_is_a_policy_of_the_space(bench, ratio):
     first, last = wb.params.benchmark.llm_pruner_keep
     uniform = planner.plan(Policy("uniform"), ratio)
     assert uniform == planner.plan_scores([0.0] * wb.shape.n_layers, 0.0, ratio)  # the paper's a_eta = 0
-    lp = planner.plan(Policy("uniform", first=first, last=last, split="groups"), ratio)
+    lp = planner.plan(Policy("uniform", first=first, last=last, attn="groups"), ratio)
     assert lp == get("llm_pruner").plan(wb, ratio)[1]
     # LLM-Pruner's structure: edge layers dense, one requested ratio for the rest
     n = wb.shape.n_layers
@@ -124,8 +128,8 @@ def test_the_block_order_is_searched_once_stored_and_read_by_later_planners(tmp_
     params = parse_params({"calibration": {"n_samples": 4, "seqlen": 16}, "pruning": {"compensation": "none"},
                            "benchmark": {"blockpruner": {"n_samples": 2, "seqlen": 16, "order_ratio": 0.3}}})
     wb = W.Workbench.of(model, tok, params, _tokens(4), _tokens(2, seed=3), root=tmp_path)
-    assert wb.planner.block_order is None  # nothing stored yet: order=blocks is refused, as above
-    policy = Policy.parse("uniform,depth=3,order=blocks")
+    assert wb.planner.block_order is None  # nothing stored yet: blocks=N is refused, as above
+    policy = Policy.parse("uniform,blocks=3")
     report = prune(wb, policy, 0.35, out=None)  # `ppf prune` searches the missing order once
     assert abs(report["actual_block_ratio"] - 0.35) <= params.pruning.tolerance
     batch = _tokens(4)[:2, :16].long()
@@ -147,8 +151,8 @@ def test_the_block_order_is_searched_once_stored_and_read_by_later_planners(tmp_
 
 
 # ---- depth and split plan, prune, save and reload -----------------------------------------------
-@pytest.mark.parametrize("text", ["bi:0.2,depth=2", "lod:0.3,norm=rank,keep=1:1,depth=1,split=0.6",
-                                  "esd:0.1,split=0.0", "uniform,depth=2,order=blocks"])
+@pytest.mark.parametrize("text", ["bi:0.2,layers=2", "lod:0.3,norm=rank,keep=1:1,layers=1,attn=0.6",
+                                  "esd:0.1,attn=0.0", "uniform,blocks=2"])
 def test_an_extended_policy_meets_the_target_and_reloads_with_identical_logits(bench, text, tmp_path):
     wb = bench
     steps = get("blockpruner").prepare(wb, 0.45)
@@ -173,7 +177,7 @@ def test_split_moves_the_reduction_between_attention_and_mlp(bench):
     planner, s = bench.planner, bench.shape
     attn_kept = lambda p: sum(len(lp.heads) for lp in p.layers)  # noqa: E731
     mlp_kept = lambda p: sum(len(lp.channels) for lp in p.layers)  # noqa: E731
-    none, mlp_only, attn_heavy = (planner.plan(Policy.parse(t), 0.3) for t in ("lod:0.1", "lod:0.1,split=0", "lod:0.1,split=0.6"))
+    none, mlp_only, attn_heavy = (planner.plan(Policy.parse(t), 0.3) for t in ("lod:0.1", "lod:0.1,attn=0", "lod:0.1,attn=0.6"))
     assert attn_kept(mlp_only) == s.n_layers * s.n_heads  # split 0: attention untouched
     assert attn_kept(attn_heavy) < attn_kept(none) and mlp_kept(attn_heavy) > mlp_kept(none)
 
@@ -198,7 +202,7 @@ def test_collection_samples_the_space_reproducibly_and_the_paper_grid_stays_as_i
     paper = sample_policies(grid, 100, 0)
     shape = DenseShape(30, 576, 9, 3, 64, 1536)  # SmolLM2
     assert sample_space(grid, 100, 0, SpaceParams(fraction=0.0), shape) == paper  # fraction 0: the paper's samples
-    space = SpaceParams(fraction=0.6, keep=4, depth=6, split=(0.0, 0.5), groups=0.0)
+    space = SpaceParams(fraction=0.6, keep=4, depth=6, attn=(0.0, 0.5), groups=0.0)
     drawn = sample_space(grid, 100, 0, space, shape)
     assert drawn == sample_space(grid, 100, 0, space, shape) and len(drawn) == 100
     extended = [s for s in drawn if s.parts]
@@ -206,7 +210,7 @@ def test_collection_samples_the_space_reproducibly_and_the_paper_grid_stays_as_i
     for s in extended:
         p = s.policy
         assert p.first <= 4 and p.last <= 4 and p.depth <= min(6, int(s.ratio * 30))
-        assert p.split is None or 0 <= p.split <= 0.5
+        assert p.attn is None or 0 <= p.attn <= 0.5
         assert reach(p, shape) >= s.ratio  # every drawn policy can meet its ratio
         assert Sample.of(p, s.ratio) == s and p == Policy.parse(str(p))
     assert any(s.policy.depth for s in extended) and any(s.policy.norm == "rank" for s in extended)
@@ -226,7 +230,7 @@ def test_the_blocks_image_sees_every_mlp_width_and_the_removed_blocks(bench):
     if [len(lp.heads) for lp in a.layers] == [len(lp.heads) for lp in b.layers]:
         assert np.array_equal(compress(a), compress(b))  # the paper's image cannot tell them apart
     assert not np.array_equal(image(a, "blocks"), image(b, "blocks"))
-    deep = planner.plan(Policy.parse("uniform,depth=2"), 0.4)
+    deep = planner.plan(Policy.parse("uniform,layers=2"), 0.4)
     img = image(deep, "blocks")
     assert img.shape == image_shape(bench.shape, "blocks")
     for i in deep.removed_layers:
@@ -242,23 +246,23 @@ def test_the_agents_action_covers_the_space_and_round_trips():
     shape = DenseShape(30, 576, 9, 3, 64, 1536)
     paper = ActionSpace.of(SpaceParams(fraction=0.0), shape)
     assert paper.dim == 4 and paper.decode(paper.encode(Policy("bi", 0.25))) == Policy("bi", 0.25)
-    space = ActionSpace.of(SpaceParams(fraction=0.5, keep=4, depth=6, split=(0.0, 0.5), groups=0.0), shape)
+    space = ActionSpace.of(SpaceParams(fraction=0.5, keep=4, depth=6, attn=(0.0, 0.5), groups=0.0), shape)
     assert space.dim == 4 + 1 + 2 + 1 + 1
-    pol = Policy("esd", 0.2, norm="rank", first=2, last=1, depth=3, split=0.25)
+    pol = Policy("esd", 0.2, norm="rank", first=2, last=1, depth=3, attn=0.25)
     assert space.decode(space.encode(pol), 0.4) == pol
     assert space.decode(space.encode(pol), 0.05).depth == 1  # never more layers than the ratio allows
     assert ActionSpace.from_dict(space.to_dict()) == space
-    with_groups = ActionSpace.of(SpaceParams(fraction=0.5, keep=4, depth=6, split=(0.0, 0.5), groups=0.3), shape)
+    with_groups = ActionSpace.of(SpaceParams(fraction=0.5, keep=4, depth=6, attn=(0.0, 0.5), groups=0.3), shape)
     assert with_groups.dim == space.dim + 1
-    llmp = Policy("uniform", first=4, last=2, split="groups")
-    assert with_groups.decode(with_groups.encode(llmp), 0.4) == Policy("lod", 0.0, first=4, last=2, split="groups")
+    llmp = Policy("uniform", first=4, last=2, attn="groups")
+    assert with_groups.decode(with_groups.encode(llmp), 0.4) == Policy("lod", 0.0, first=4, last=2, attn="groups")
     rng = np.random.default_rng(0)
     for r in (0.1, 0.3, 0.7):  # any action is a policy that plans at its ratio
         for _ in range(30):
             p = space.decode(rng.uniform(-1, 1, space.dim), r)
             assert p.first + p.last < 30 and p.depth <= int(r * 30) and reach(p, shape) >= r
     # what stands in the way goes: keep first, then the attention share
-    tight = feasible(Policy("lod", 0.2, first=4, last=4, split=0.0), 0.7, shape)
+    tight = feasible(Policy("lod", 0.2, first=4, last=4, attn=0.0), 0.7, shape)
     assert reach(tight, shape) >= 0.7 and (tight.first, tight.last) < (4, 4)
 
 
@@ -280,8 +284,8 @@ def test_the_blocks_order_is_a_dimension_of_collection_and_of_the_action():
     shape, order = DenseShape(30, 576, 9, 3, 64, 1536), _smol_block_order()
     H = np.linspace(0.0, 1.0, 30)
     grid = policy_grid((0.1, 0.7, 0.025), (0.0, 0.5, 0.05), ("lod", "esd", "bi"))
-    layers_only = SpaceParams(fraction=0.6, keep=4, depth=6, split=(0.0, 0.5))
-    both = SpaceParams(fraction=0.6, keep=4, depth=6, split=(0.0, 0.5), orders=["layers", "blocks"], block_depth=20)
+    layers_only = SpaceParams(fraction=0.6, keep=4, depth=6, attn=(0.0, 0.5))
+    both = SpaceParams(fraction=0.6, keep=4, depth=6, attn=(0.0, 0.5), orders=["layers", "blocks"], block_depth=20)
     # one order: the draws are exactly those of before the order was a dimension
     assert sample_space(grid, 100, 0, layers_only, shape) == sample_space(grid, 100, 0, layers_only, shape, 0.9, order)
     with pytest.raises(PPFError, match="no BlockPruner block order"):
@@ -301,13 +305,13 @@ def test_the_blocks_order_is_a_dimension_of_collection_and_of_the_action():
             assert set(removed[kind]) == {i for k, i in order[: p.depth] if k == kind}
         assert all(not plan.layers[i].heads for i in removed["attention"])
         assert all(not plan.layers[i].channels for i in removed["mlp"])
-    # the action: one coordinate picks the order, the depth coordinate reads blocks for order=blocks
+    # the action: one coordinate picks the order, the depth coordinate reads blocks for blocks=N
     with pytest.raises(PPFError, match="no BlockPruner block order"):
         ActionSpace.of(both, shape)
     space = ActionSpace.of(both, shape, 0.9, order)
     assert space.dim == ActionSpace.of(layers_only, shape).dim + 1
     assert ActionSpace.from_dict(space.to_dict()) == space
-    pol = Policy("lod", 0.2, first=1, last=1, depth=10, order="blocks", split=0.25)
+    pol = Policy("lod", 0.2, first=1, last=1, depth=10, order="blocks", attn=0.25)
     assert space.decode(space.encode(pol), 0.4) == pol
     assert space.decode(space.encode(pol), 0.05).depth == 4  # 10 attention blocks are 8.3 %: 4 fit in 0.05 - margin
     rng = np.random.default_rng(0)
@@ -346,8 +350,8 @@ def test_split_groups_is_llm_prunings_rule():
     n·hd − int(n·hd·(1 − r)) in whole heads (with their query heads), the MLP int(I·r)-ish channels. On
     SmolLM2's shape at 40 % (layers 4-27 pruned) that is 6 query / 2 KV heads and ~683 channels."""
     shape = DenseShape(30, 576, 9, 3, 64, 1536)
-    pol = Policy.parse("uniform,keep=4:2,split=groups")
-    assert pol.split == "groups" and Policy.parse(str(pol)) == pol
+    pol = Policy.parse("uniform,keep=4:2,attn=groups")
+    assert pol.attn == "groups" and Policy.parse(str(pol)) == pol
     from ppf.policy import plan_for
 
     plan = plan_for(pol, 0.4, None, None, shape)
@@ -357,3 +361,21 @@ def test_split_groups_is_llm_prunings_rule():
         assert len(lp.heads) == 3 * len(lp.kv_heads)  # whole groups only: no query head is pruned inside one
     for lp in (*plan.layers[:4], *plan.layers[28:]):
         assert len(lp.channels) == 1536
+
+
+def test_feasible_gives_up_blocks_that_leave_too_few_layers_to_width_prune():
+    # 4 layers, BlockPruner's order taking every layer's attention first: blocks=4 removes 0.2 of the
+    # block parameters and touches every layer, leaving none for width pruning: 0.4 is out of reach —
+    # the blockpruner contender of a tiny project once failed to plan exactly like this
+    from ppf.policy import depth_ratio, keep_masks
+
+    shape = DenseShape(4, 64, 4, 2, 16, 256)  # attention 1/5 of a layer
+    order = (("attention", 1), ("attention", 2), ("attention", 3), ("attention", 0), ("mlp", 2))
+    deep = Policy("uniform", depth=4, order="blocks")
+    assert depth_ratio(deep, shape, order) < 0.4 and reach(deep, shape, 0.9, order) < 0.4
+    with pytest.raises(PPFError, match="no layer to width-prune"):
+        keep_masks(deep, 0.4, np.ones(4), None, shape, block_order=order)
+    p = feasible(deep, 0.4, shape, 0.9, block_order=order)
+    assert p.order == "blocks" and 0 < p.depth < 4 and reach(p, shape, 0.9, order) >= 0.4
+    keep_masks(p, 0.4, np.ones(4), None, shape, block_order=order)  # it plans
+    assert feasible(p, 0.4, shape, 0.9, block_order=order) == p  # and stays as it is

@@ -1,4 +1,5 @@
-"""Registered versions and the `champion` alias: a new version takes it only if it is better.
+"""The `champion` alias of MLflow's registered versions: :func:`promote` registers a new version, and
+it takes the alias only if it is better; :func:`locate` finds a registered file.
 
 "Better" is judged on the SAME data, now: the current champion's file is fetched from the registry
 and re-scored by the caller's ``rescore`` (e.g. the predictor's MAE on this held-out set), never
@@ -21,7 +22,7 @@ class Incomparable(Exception):
     """Raised by a ``rescore`` function when the champion cannot be judged on this data."""
 
 
-def register(kind: str, file: Path, name: str, score: float, rescore: Callable[[Path], float], what: str,
+def promote(kind: str, file: Path, name: str, score: float, rescore: Callable[[Path], float], what: str,
              tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Log + register ``file`` (inside an open MLflow run); move ``champion`` if ``score`` (lower is
     better) beats the champion's ``rescore``. Returns {version, champion, reason}."""
