@@ -2,7 +2,7 @@
 
 Outputs (DVC outs of the stage):
   data/corpus/{train,valid,test}.txt   text split BY ARTICLE with a fixed seed
-  data/tasks/<task>.{jsonl,yaml}       lm-eval multiple-choice tasks, runnable offline
+  data/tasks/<task>.{jsonl,yaml}       lm-eval tasks (cloze, continuation from the test split), offline
   data/calibration/tokens.safetensors  N x L calibration tokens from the train split
   metrics/prepare.json                 token counts per split, examples per task
 
@@ -32,8 +32,8 @@ def write_corpus(splits: dict[str, str], out_dir: Path) -> dict[str, int]:
 
 
 @task
-def build_tasks(sources: dict, names: list[str], limit: int | None, seed: int, out_dir: Path) -> dict[str, int]:
-    return R.build_tasks(sources, names, limit, seed, out_dir)
+def build_tasks(sources: dict, names: list[str], limit: int | None, seed: int, out_dir: Path, test_text: str) -> dict[str, int]:
+    return R.build_tasks(sources, names, limit, seed, out_dir, test_text)
 
 
 @task
@@ -47,8 +47,8 @@ def resolve_model(name: str) -> str:
 
 
 @task(cache_policy=CACHE, persist_result=True)
-def tokenize(model_dir: str, splits: dict[str, str], calibration: dict, js: dict):
-    return R.tokenize(model_dir, splits, calibration, js)
+def tokenize(model_dir: str, splits: dict[str, str], calibration: dict, heldout: dict):
+    return R.tokenize(model_dir, splits, calibration, heldout)
 
 
 @flow(name="prepare")
@@ -61,7 +61,7 @@ def prepare(params_path: str = "params.yaml", root: str | None = None) -> dict:
     splits = corpus_splits(corpus, sources, data.valid_fraction, data.test_fraction, data.split_seed)
     chars = write_corpus(splits, root / "data" / "corpus")
     tasks = build_tasks(sources, list(params.tasks.names), params.tasks.limit, params.tasks.seed,
-                        root / "data" / "tasks")
+                        root / "data" / "tasks", splits["test"])
     model_dir = resolve_model(params.model.name)
     token_counts, calib, heldout = tokenize(model_dir, splits, params.calibration.model_dump(), params.heldout.model_dump())
     return R.publish(root, params, token_counts, calib, heldout, chars, tasks)

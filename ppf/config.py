@@ -202,12 +202,14 @@ class CollectParams(Section):
 
 
 class TasksParams(Section):
-    names: list[str] = Field(["analogy", "polarity"], description="local tasks: analogy, polarity (gensim wheel); "
-                             "goal_step_wikihow, social_iqa, hyperbaton (a bigbench 1.0.0 sdist)")
+    names: list[str] = Field(["cloze", "continuation", "analogy", "polarity"],
+                             description="local tasks: cloze, continuation (the corpus's test split); analogy, polarity "
+                             "(gensim wheel); goal_step_wikihow, social_iqa, hyperbaton (a bigbench 1.0.0 sdist)")
     lm_eval: list[str] = Field(default_factory=list, description="lm-eval registry tasks scored beside the local ones "
                                "(their datasets from the local HF cache or the hub), e.g. the paper's boolq, rte, "
                                "hellaswag, winogrande, arc_easy, arc_challenge, openbookqa")
-    limit: int | None = Field(500, gt=0, description="examples per task (None = all)")
+    limit: int | None = Field(500, gt=0, description="examples per task, the first of a seeded order balanced over "
+                              "labels / categories in every prefix (None = all)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -391,7 +393,7 @@ class BenchmarkParams(Section):
     methods: list[str] = ["dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf"]
     ratios: list[float] = Field([0.2, 0.4, 0.5], min_length=1)
     max_windows: int | None = Field(32, gt=0, description="test perplexity windows of eval.seqlen (None = all)")
-    zero_shot_limit: int | None = Field(50, gt=0, description="examples per task")
+    zero_shot_limit: int | None = Field(100, gt=0, description="examples per task (the first of the balanced order)")
     extra_corpus: str | None = Field(None, description="a second text file (relative to the project) "
                                      "whose perplexity is reported too")
     speed_seqlen: int = Field(256, ge=2, description="batched prefill: tokens per sequence")

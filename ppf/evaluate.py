@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ppf.checkpoint import load_model
 from ppf.data.corpus import tokenize_text
-from ppf.data.tasks import lm_eval_include_dir
+from ppf.data.tasks import lm_eval_include_dir, read_records, task_meta
 from ppf.errors import PPFError
 from ppf.metrics import matmul_precision, perplexity
 from ppf.workbench import Workbench
@@ -127,14 +127,17 @@ def _metric(r: dict, key: str) -> float:
 
 def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
               limit: int | None = None, batch_size: int = 16, registry: list[str] | tuple[str, ...] = ()) -> dict:
-    """``{task: {"acc", "acc_norm", "n"}, ..., "mean": {"acc", "acc_norm"}}`` for the model.
+    """``{task: {"acc", "acc_norm", "score", "metric", "chance", "n", "correct", ...}, ..., "mean": {...}}``.
 
     ``names`` defaults to every task in ``tasks_dir``; ``limit`` takes the first ``limit``
-    examples of each (the JSONL is already a seeded subsample). ``registry`` adds lm-eval's own
-    tasks by name (e.g. :data:`PAPER_TASKS`), checked first by :func:`check_registry_tasks`; a task
-    without ``acc_norm`` reports its ``acc`` there. The mean is unweighted over tasks, so a large
-    task does not drown the others. lm-eval's own seeding is switched off so the caller's global RNG
-    state is left alone; zero-shot scoring uses no randomness.
+    examples of each (the JSONL is already in a seeded order balanced in every prefix). ``registry``
+    adds lm-eval's own tasks by name (e.g. :data:`PAPER_TASKS`), checked first by
+    :func:`check_registry_tasks`; a task without ``acc_norm`` reports its ``acc`` there. ``score`` is
+    the accuracy the task is read by (its metadata's ``ppf_metric``; ``acc_norm`` for a registry task
+    that has it), ``correct`` its per-example 0/1 in the file's order (for paired comparisons),
+    ``perplexity`` a cloze target's. The mean is unweighted over tasks, so a large task does not drown
+    the others. lm-eval's own seeding is switched off so the caller's global RNG state is left alone;
+    zero-shot scoring uses no randomness.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -147,6 +150,10 @@ def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
         if name not in built:
             raise PPFError(f"task {name!r} is not built in {str(tasks_dir)!r} (built: "
                            f"{', '.join(built) or 'none'}); build it first or fix tasks.names")
+    meta = {}
+    for name in names:
+        read_records(tasks_dir, name)  # one clear error for a missing, empty or malformed task file
+        meta[name] = task_meta(tasks_dir, name)
     if not names and not registry:
         raise PPFError(f"no tasks built in {str(tasks_dir)!r}; run the data stage first")
     if limit is not None and limit < 1:
@@ -164,7 +171,7 @@ def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=[f"ppf_{n}" for n in names] + list(registry), task_manager=manager, limit=limit,
                 num_fewshot=0, bootstrap_iters=1,  # 1: closed-form standard errors of the means, no resampling
-                log_samples=False, random_seed=None,
+                log_samples=True, random_seed=None,
                 numpy_random_seed=None, torch_random_seed=None, fewshot_random_seed=None,
             )
     finally:
@@ -174,14 +181,22 @@ def zero_shot(model, tokenizer, tasks_dir: Path, names: list[str] | None = None,
         r = out["results"][key]
         acc, se = _metric(r, "acc,none"), _metric(r, "acc_stderr,none")
         norm, norm_se = _metric(r, "acc_norm,none"), _metric(r, "acc_norm_stderr,none")
-        results[name] = {"acc": acc, "acc_norm": acc if math.isnan(norm) else norm, "acc_stderr": se,
-                         "acc_norm_stderr": se if math.isnan(norm) else norm_se,
-                         "n": int(out["n-samples"][key]["effective"])}
+        res = {"acc": acc, "acc_norm": acc if math.isnan(norm) else norm, "acc_stderr": se,
+               "acc_norm_stderr": se if math.isnan(norm) else norm_se, "n": int(out["n-samples"][key]["effective"])}
+        metric = meta[name]["metric"] if name in meta else ("acc" if math.isnan(norm) else "acc_norm")
+        samples = sorted(out["samples"][key], key=lambda x: x["doc_id"])
+        res |= {"metric": metric, "chance": meta.get(name, {}).get("chance", float("nan")),
+                "score": res[metric], "score_stderr": res[f"{metric}_stderr"],
+                "correct": [float(x[metric]) for x in samples]}
+        if samples and "perplexity" in samples[0]:  # a cloze: each sample's target log-likelihood
+            res["perplexity"] = math.exp(-statistics.fmean(float(x["perplexity"]) for x in samples))
+        results[name] = res
     every = [*names, *registry]
-    results["mean"] = {m: statistics.fmean(results[n][m] for n in every) for m in ("acc", "acc_norm")}
+    keys = ("acc", "acc_norm", "score")
+    results["mean"] = {m: statistics.fmean(results[n][m] for n in every) for m in keys}
     # the unweighted mean of independent task means: its standard error
     results["mean"] |= {f"{m}_stderr": math.sqrt(sum(results[n][f"{m}_stderr"] ** 2 for n in every)) / len(every)
-                        for m in ("acc", "acc_norm")}
+                        for m in keys}
     return results
 
 

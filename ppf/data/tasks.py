@@ -1,9 +1,17 @@
 """Zero-shot multiple-choice tasks, built from real data into lm-eval task files.
 
-Each task becomes ``<name>.jsonl`` (records ``{"query", "choices", "gold"}``, a seeded subsample)
-and ``<name>.yaml`` (an lm-eval ``multiple_choice`` task named ``ppf_<name>``). The prompt format
-lives here, in the records, so lm-eval's job is only to score ``query + " " + choice`` for each
-choice; the YAML names fields, never Jinja templates, so braces in the data are harmless.
+Each task becomes ``<name>.jsonl`` (a seeded, stratified subsample: :func:`balanced_order`) and
+``<name>.yaml`` (an lm-eval task named ``ppf_<name>``): a ``multiple_choice`` task over records
+``{"query", "choices", "gold"}`` (lm-eval scores ``query + " " + choice`` for each choice), or a
+``loglikelihood`` task over ``{"context", "target"}`` (the cloze: is the greedy continuation the
+target, and its perplexity). The prompt format lives here, in the records; the YAML names fields,
+never Jinja templates, so braces in the data are harmless. Each task names the one accuracy it is
+read by (``metric``: ``acc`` or ``acc_norm``) and its chance level, in the YAML's metadata.
+
+The records are written in a seeded order that is balanced over the task's strata (an analogy's
+14 categories, a label, a gold position): lm-eval's ``limit`` takes the FIRST examples, so every
+prefix must be a fair sample, never the file's first block (polarity's file holds 100 negative
+reviews, then 100 positive ones).
 
 The YAML's ``data_files`` is relative to the YAML itself, so the task directory is a relocatable
 DVC output (``dvc exp run --temp`` runs in a copy elsewhere). lm-eval (through ``datasets``)
@@ -11,7 +19,15 @@ resolves relative paths against the cwd, so :func:`lm_eval_include_dir` renders 
 just before an evaluation.
 
 Tasks, with formats chosen so that SmolLM2-135M scores clearly above chance (so pruning damage
-is measurable). The default two come from the gensim wheel's test data (:mod:`ppf.data.gensim_wheel`):
+is measurable). Two are built from the corpus's TEST split (:mod:`ppf.data.text_tasks`; text that no
+stage calibrates, collects, recovers or chooses on):
+
+- ``cloze``: LAMBADA-style, the last word of a passage that needs the passage (``acc``: greedy, and
+  the target's perplexity);
+- ``continuation``: HellaSwag-style, a paragraph's first sentences and four candidate next sentences
+  matched in length (``acc_norm``; chance 0.25).
+
+Two come from the gensim wheel's test data (:mod:`ppf.data.gensim_wheel`):
 
 - ``analogy``: the Google word-analogy set, ``A is to B as C is to`` + `` <choice>``, the answer
   among 4 answers of the same category (the other 3 drawn with a seed per question; chance 0.25);
@@ -42,10 +58,11 @@ from typing import Any
 
 import yaml
 
-from ppf.io import write_text_atomic as atomic_write_text
+from ppf.data import text_tasks
 from ppf.errors import PPFError
+from ppf.io import write_text_atomic as atomic_write_text
 
-Record = dict  # {"query": str, "choices": list[str], "gold": int}
+Record = dict  # {"query": str, "choices": list[str], "gold": int} or {"context": str, "target": str}
 
 
 def _mc_records(examples: list[dict], query: Callable[[str], str]) -> list[Record]:
@@ -114,7 +131,8 @@ def _analogy(files: dict[str, bytes]) -> list[Record]:
             continue
         choices = rng.sample(pool, min(3, len(pool))) + [d]
         rng.shuffle(choices)
-        records.append({"query": f"{a} is to {b} as {c} is to", "choices": choices, "gold": choices.index(d)})
+        records.append({"query": f"{a} is to {b} as {c} is to", "choices": choices, "gold": choices.index(d),
+                        "category": category})
     return records
 
 
@@ -132,24 +150,50 @@ def _polarity(files: dict[str, bytes]) -> list[Record]:
     return records
 
 
+def _test_text(data: dict) -> str:
+    text = data[CORPUS_TEST]
+    text_tasks.check_text(text, "cloze / continuation")
+    return text
+
+
+def _cloze(data: dict, seed: int) -> list[Record]:
+    return text_tasks.cloze_records(_test_text(data))
+
+
+def _continuation(data: dict, seed: int) -> list[Record]:
+    return text_tasks.continuation_records(_test_text(data), seed)
+
+
+CORPUS_TEST = "corpus:test"  # the key under which the recipe hands the corpus's test split to the builders
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Where a task's data lives and how to turn it into records: ``origin`` ``bigbench`` (``sources``
-    are task.json paths in the sdist, read as parsed JSON) or ``gensim`` (test-data files in the
-    gensim wheel, read as bytes)."""
+    are task.json paths in the sdist, read as parsed JSON), ``gensim`` (test-data files in the gensim
+    wheel, read as bytes) or ``corpus`` (the corpus's test split, as text under :data:`CORPUS_TEST`).
+    ``to_records(data, seed)``; ``metric``: the accuracy the task is read by; ``output_type``: lm-eval's."""
 
     sources: list[str]
-    to_records: Callable[[dict], list[Record]]
+    to_records: Callable[[dict, int], list[Record]]
     origin: str = "bigbench"
+    metric: str = "acc"
+    output_type: str = "multiple_choice"
+
+
+def _seedless(fn: Callable[[dict], list[Record]]) -> Callable[[dict, int], list[Record]]:
+    return lambda data, seed: fn(data)
 
 
 TASKS: dict[str, TaskSpec] = {
-    "analogy": TaskSpec(["questions-words.txt"], _analogy, "gensim"),
-    "polarity": TaskSpec(["pang_lee_polarity.cor"], _polarity, "gensim"),
+    "cloze": TaskSpec([CORPUS_TEST], _cloze, "corpus", "acc", "loglikelihood"),
+    "continuation": TaskSpec([CORPUS_TEST], _continuation, "corpus", "acc_norm"),
+    "analogy": TaskSpec(["questions-words.txt"], _seedless(_analogy), "gensim"),
+    "polarity": TaskSpec(["pang_lee_polarity.cor"], _seedless(_polarity), "gensim"),
     "goal_step_wikihow": TaskSpec(["goal_step_wikihow/goal_inference",
-                                   "goal_step_wikihow/step_inference"], _goal_step_wikihow),
-    "social_iqa": TaskSpec(["social_iqa"], _social_iqa),
-    "hyperbaton": TaskSpec(["hyperbaton"], _hyperbaton),
+                                   "goal_step_wikihow/step_inference"], _seedless(_goal_step_wikihow)),
+    "social_iqa": TaskSpec(["social_iqa"], _seedless(_social_iqa)),
+    "hyperbaton": TaskSpec(["hyperbaton"], _seedless(_hyperbaton)),
 }
 TASK_SOURCES: dict[str, list[str]] = {name: spec.sources for name, spec in TASKS.items()}
 
@@ -162,22 +206,61 @@ def check_names(names: list[str]) -> None:
                            f"{', '.join(sorted(TASKS))}")
 
 
-def _task_yaml(name: str, data_file: str) -> str:
-    """An lm-eval multiple_choice task over one local JSONL file."""
-    config = {
+def chance(records: list[Record]) -> float:
+    """The accuracy of a random guess: the mean of 1 / choices (0 for a cloze: a word out of a vocabulary)."""
+    if not records or "choices" not in records[0]:
+        return 0.0
+    return sum(1.0 / len(r["choices"]) for r in records) / len(records)
+
+
+def _task_yaml(name: str, data_file: str, spec: TaskSpec, chance_level: float) -> str:
+    """An lm-eval task over one local JSONL file: multiple_choice (acc, acc_norm) or loglikelihood
+    (acc = greedy; ``perplexity`` is lm-eval's per-example log-likelihood of the target, averaged
+    with ``mean`` so that its standard error is closed-form: lm-eval's ``perplexity`` aggregation
+    bootstraps, in worker processes; :func:`ppf.evaluate.zero_shot` reports exp(−mean) from the samples)."""
+    config: dict[str, Any] = {
         "task": f"ppf_{name}",
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": data_file}},
         "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "query",
-        "doc_to_choice": "choices",
-        "doc_to_target": "gold",
-        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
-                        for m in ("acc", "acc_norm")],
-        "metadata": {"version": 1.0},
+        "output_type": spec.output_type,
     }
+    if spec.output_type == "loglikelihood":
+        config |= {"doc_to_text": "context", "doc_to_target": "target",
+                   "metric_list": [{"metric": "perplexity", "aggregation": "mean", "higher_is_better": True},
+                                   {"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+    else:
+        config |= {"doc_to_text": "query", "doc_to_choice": "choices", "doc_to_target": "gold",
+                   "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                                   for m in ("acc", "acc_norm")]}
+    config["metadata"] = {"version": 2.0, "ppf_metric": spec.metric, "ppf_chance": round(chance_level, 6)}
     return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def _stratum(record: Record) -> str:
+    """What a fair sample of the task balances: an analogy's category, else the gold answer (a label,
+    a position); a cloze has one stratum."""
+    return str(record.get("category", record.get("gold", "")))
+
+
+def balanced_order(records: list[Record], seed: int) -> list[Record]:
+    """``records`` in a seeded order in which every prefix is balanced over the strata.
+
+    Each stratum is shuffled with the seed; then the order takes one record of each stratum in turn
+    (the strata in a seeded order too), so the first ``k · n_strata`` records hold ``k`` of every
+    stratum that has that many. A stratum that runs out drops out of the rotation."""
+    rng = random.Random(seed)
+    groups: dict[str, list[Record]] = {}
+    for r in records:
+        groups.setdefault(_stratum(r), []).append(r)
+    keys = sorted(groups)
+    rng.shuffle(keys)
+    for k in keys:
+        rng.shuffle(groups[k])
+    out: list[Record] = []
+    for i in range(max((len(g) for g in groups.values()), default=0)):
+        out += [groups[k][i] for k in keys if i < len(groups[k])]
+    return out
 
 
 def sources(names: list[str], origin: str) -> list[str]:
@@ -189,8 +272,9 @@ def build_tasks(task_jsons: dict[str, Any], names: list[str], limit: int | None,
                 out_dir: Path) -> dict[str, int]:
     """Write ``<name>.jsonl`` + ``<name>.yaml`` per task; return the number of examples of each.
 
-    ``limit`` examples are drawn with ``random.Random(seed)`` and kept in file order, so the
-    subsample is reproducible and the same seed gives the same examples whatever ``names`` holds.
+    The records are put in :func:`balanced_order` with ``seed`` and the first ``limit`` kept, so the
+    subsample is reproducible, balanced in every prefix, and the same seed gives the same examples
+    whatever ``names`` holds.
     """
     check_names(names)
     if limit is not None and limit < 1:
@@ -203,25 +287,64 @@ def build_tasks(task_jsons: dict[str, Any], names: list[str], limit: int | None,
         if missing:
             raise PPFError(f"task {name!r} needs {TASKS[name].origin} source {missing[0]!r}, which was not "
                            f"read; read TASK_SOURCES[{name!r}] first")
-        records = TASKS[name].to_records(task_jsons)
-        if limit is not None and limit < len(records):
-            keep = sorted(random.Random(seed).sample(range(len(records)), limit))
-            records = [records[i] for i in keep]
+        records = balanced_order(TASKS[name].to_records(task_jsons, seed), seed)[:limit]
+        if not records:
+            raise PPFError(f"task {name!r} has no examples in its {TASKS[name].origin} source; check the source "
+                           "or take the task out of tasks.names")
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         atomic_write_text(out_dir / f"{name}.jsonl", lines)
-        atomic_write_text(out_dir / f"{name}.yaml", _task_yaml(name, f"{name}.jsonl"))
+        atomic_write_text(out_dir / f"{name}.yaml", _task_yaml(name, f"{name}.jsonl", TASKS[name], chance(records)))
         counts[name] = len(records)
     return counts
 
 
 def read_records(tasks_dir: Path, name: str) -> list[Record]:
-    """The records of one built task (PPFError if it was not built)."""
+    """The records of one built task, checked: one PPFError naming the file (and line) when it is
+    missing, empty or malformed."""
     path = Path(tasks_dir) / f"{name}.jsonl"
     if not path.is_file():
         raise PPFError(f"task file {str(path)!r} does not exist; build the tasks first "
                        f"(the data stage) or fix tasks.names")
+    fix = "rebuild it with `dvc repro prepare` (or delete it and run the prepare stage)"
+    records = []
     with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PPFError(f"task file {str(path)!r} line {i} is not JSON ({exc.msg}); {fix}") from None
+            if not _well_formed(r):
+                raise PPFError(f"task file {str(path)!r} line {i} is not a task record (want query, choices and "
+                               f"a gold index among them, or context and target); {fix}")
+            records.append(r)
+    if not records:
+        raise PPFError(f"task file {str(path)!r} is empty; {fix}")
+    return records
+
+
+def _well_formed(r: Any) -> bool:
+    if not isinstance(r, dict):
+        return False
+    if "context" in r:
+        return isinstance(r["context"], str) and isinstance(r.get("target"), str) and bool(r["target"].strip())
+    choices = r.get("choices")
+    return (isinstance(r.get("query"), str) and isinstance(choices, list) and len(choices) >= 2
+            and all(isinstance(c, str) for c in choices) and isinstance(r.get("gold"), int)
+            and 0 <= r["gold"] < len(choices))
+
+
+def task_meta(tasks_dir: Path, name: str) -> dict[str, Any]:
+    """A built task's metadata: the accuracy it is read by (``ppf_metric``) and its chance level."""
+    path = Path(tasks_dir) / f"{name}.yaml"
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        meta = config["metadata"]
+        return {"metric": str(meta.get("ppf_metric", "acc")), "chance": float(meta.get("ppf_chance", float("nan")))}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        raise PPFError(f"task file {str(path)!r} is missing or not an lm-eval task YAML with metadata; rebuild it "
+                       "with `dvc repro prepare`") from None
 
 
 def lm_eval_include_dir(tasks_dir: Path, work_dir: Path) -> Path:

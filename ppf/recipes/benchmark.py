@@ -34,7 +34,8 @@ from ppf.io import digest, write_bytes_atomic, write_json_atomic, write_text_ato
 from ppf.serving import PRUNED
 from ppf.metrics import js_divergence, perplexity_of, window_nll, windows
 from ppf.policy import check_ratio
-from ppf.stats import paired_ppl_difference, ppl_interval
+from ppf.data.tasks import task_meta
+from ppf.stats import paired_accuracy_difference, paired_ppl_difference, ppl_interval
 from ppf.workbench import Workbench
 
 
@@ -87,10 +88,15 @@ def _evaluate(wb: Workbench, model: torch.nn.Module, full: bool) -> dict[str, An
         return out | {"eval_s": time.perf_counter() - start, "nll_windows": [float(x) for x in nll]}
     zs = zero_shot(model, wb.tokenizer, wb.root / "data" / "tasks", limit=b.zero_shot_limit, registry=wb.params.tasks.lm_eval,
                    batch_size=max(ev.batch_size, 8))
+    out["zs_correct"] = {}  # per task, each example's 0/1: the paired comparisons (results/benchmark_examples.csv)
     for task, r in zs.items():
-        out[f"zs_{task}"] = r["acc"]
-        out[f"zs_{task}_norm"] = r["acc_norm"]
-        out[f"zs_{task}_stderr"] = r["acc_stderr"]
+        out[f"zs_{task}"] = r["score"]  # the accuracy the task is read by (acc, or acc_norm for continuation)
+        out[f"zs_{task}_stderr"] = r["score_stderr"]
+        if task != "mean":
+            out[f"zs_{task}_n"] = r["n"]
+            out["zs_correct"][task] = r["correct"]
+        if "perplexity" in r:
+            out[f"zs_{task}_ppl"] = r["perplexity"]
     s = speed(model, wb.tokenizer, b.speed_seqlen, b.speed_batch, b.new_tokens)
     out |= {"tokens_per_s": s["generate_tok_s"],
             "prefill_tok_s": s["prefill_tok_s"], "weights_mb": s["weights_mb"], "peak_mem_mb": s["peak_mem_mb"],
@@ -172,9 +178,16 @@ def run(root: Path, params: Params, methods: list[str], ratios: list[float], cac
     return pd.DataFrame(rows)
 
 
+def _correct(x: Any) -> dict[str, list[float]] | None:
+    """A cell's per-example zero-shot results, None where zero-shot was not measured."""
+    return x if isinstance(x, dict) and x else None
+
+
 def compare(df: pd.DataFrame, ratios: list[float], params: Params) -> pd.DataFrame:
     """Every method vs PPF at each ratio, PAIRED on the same test windows: PPF's perplexity relative
-    to the method's (ppl_ppf / ppl_method − 1, %, negative = PPF better) with a bootstrap 95 % interval."""
+    to the method's (ppl_ppf / ppl_method − 1, %, negative = PPF better) with a bootstrap 95 % interval;
+    where both were scored zero-shot, PPF's mean accuracy minus the method's, paired on the same
+    examples (points, positive = PPF better), with its interval."""
     rows = []
     tokens = params.eval.seqlen - 1
     for r in ratios:
@@ -184,11 +197,28 @@ def compare(df: pd.DataFrame, ratios: list[float], params: Params) -> pd.DataFra
             continue
         for x in at[at.method != "ppf"].itertuples(index=False):
             d = paired_ppl_difference(ppf.iloc[0].nll_windows, x.nll_windows, tokens, params.benchmark.bootstrap, params.seed)
-            rows.append({"target_ratio": r, "method": x.method, "compensation": x.compensation, "ppl": x.ppl_test,
-                         "ppf_ppl": float(ppf.iloc[0].ppl_test),
-                         "ppf_vs_pct": d["diff_pct"], "ppf_vs_ci_lo": d["ci_lo"], "ppf_vs_ci_hi": d["ci_hi"],
-                         "ppf_wins": bool(d["ci_hi"] < 0), "ppf_loses": bool(d["ci_lo"] > 0)})
+            row = {"target_ratio": r, "method": x.method, "compensation": x.compensation, "ppl": x.ppl_test,
+                   "ppf_ppl": float(ppf.iloc[0].ppl_test),
+                   "ppf_vs_pct": d["diff_pct"], "ppf_vs_ci_lo": d["ci_lo"], "ppf_vs_ci_hi": d["ci_hi"],
+                   "ppf_wins": bool(d["ci_hi"] < 0), "ppf_loses": bool(d["ci_lo"] > 0)}
+            mine, its = _correct(ppf.iloc[0].get("zs_correct")), _correct(getattr(x, "zs_correct", None))
+            if mine and its:
+                z = paired_accuracy_difference(mine, its, params.benchmark.bootstrap, params.seed)
+                row |= {"zs": float(x.zs_mean), "ppf_zs": float(ppf.iloc[0].zs_mean), "ppf_vs_zs": z["diff"],
+                        "ppf_vs_zs_ci_lo": z["ci_lo"], "ppf_vs_zs_ci_hi": z["ci_hi"],
+                        "ppf_wins_zs": bool(z["ci_lo"] > 0), "ppf_loses_zs": bool(z["ci_hi"] < 0)}
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def examples(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every zero-shot example's 0/1 per cell: results/benchmark_examples.csv (what the paired accuracy
+    intervals resample)."""
+    return pd.DataFrame([{"method": r["method"], "compensation": r["compensation"], "target_ratio": r["target_ratio"],
+                          "task": t, "example": i, "correct": v}
+                         for r in rows for t, xs in (_correct(r.get("zs_correct")) or {}).items()
+                         for i, v in enumerate(xs)],
+                        columns=["method", "compensation", "target_ratio", "task", "example", "correct"])
 
 
 def report(rows: list[dict[str, Any]], params: Params) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
@@ -204,7 +234,7 @@ def report(rows: list[dict[str, Any]], params: Params) -> tuple[pd.DataFrame, pd
     nll = pd.DataFrame([{"method": r["method"], "compensation": r["compensation"], "target_ratio": r["target_ratio"],
                          "window": i, "nll": x}
                         for r in rows for i, x in enumerate(r["nll_windows"])])
-    table = all_rows.drop(columns=["nll_windows"])
+    table = all_rows.drop(columns=["nll_windows", "zs_correct"], errors="ignore")
     if len(comparisons):
         cols = ["method", "target_ratio", "compensation", "ppf_vs_pct", "ppf_vs_ci_lo", "ppf_vs_ci_hi"]
         table = table.merge(comparisons[cols].drop_duplicates(["method", "target_ratio", "compensation"]),
@@ -246,6 +276,10 @@ def summary(df: pd.DataFrame, ratios: list[float], comparisons: pd.DataFrame | N
                         c = c.iloc[0]
                         entry |= {"ppf_vs_best_pct": float(c.ppf_vs_pct), "ppf_vs_best_ci_lo": float(c.ppf_vs_ci_lo),
                                   "ppf_vs_best_ci_hi": float(c.ppf_vs_ci_hi)}
+                        if "ppf_vs_zs" in c and pd.notna(c.ppf_vs_zs):
+                            entry |= {"ppf_vs_best_zs": float(c.ppf_vs_zs), "ppf_vs_best_zs_ci_lo": float(c.ppf_vs_zs_ci_lo),
+                                      "ppf_vs_best_zs_ci_hi": float(c.ppf_vs_zs_ci_hi),
+                                      "ppf_zs_verdict": "win" if c.ppf_wins_zs else "loss" if c.ppf_loses_zs else "tie"}
                 entry["ppf_wins_ppl"] = bool(entry.get("ppf_vs_best_ci_hi", float("inf")) < 0)
         out[f"{r:g}"] = entry
     return out
@@ -280,8 +314,55 @@ def table2(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparisons: pd.DataFrame | None = None) -> str:
-    """results/benchmark.md: Table 2, PPF vs every method (paired intervals), and every cell."""
+# the sensitivity check every task must pass to be read at all: dense against a model clearly broken on perplexity
+SENSITIVITY_CELL = ("shortgpt", 0.4)
+
+
+def _task_correct(ex: pd.DataFrame, method: str, ratio: float, task: str, compensation: str | None = None) -> list[float]:
+    sel = ex[(ex.method == method) & np.isclose(ex.target_ratio, ratio) & (ex.task == task)]
+    if compensation is not None:
+        sel = sel[sel.compensation == compensation]
+    return sel.sort_values("example").correct.tolist()
+
+
+def tasks_section(df: pd.DataFrame, ex: pd.DataFrame, tasks_dir: Path, params: Params) -> list[str]:
+    """Per task: its examples, dense's score ± standard error, chance and how far above it dense is;
+    how well it tracks the damage (Spearman of the score with −test perplexity over every scored pruned
+    cell); dense vs ShortGPT at 40 % paired on the same examples (a task that cannot tell those apart
+    cannot see pruning damage)."""
+    tasks = sorted(ex.task.unique()) if len(ex) else []
+    dense = df[df.method == "dense"]
+    if not tasks or not len(dense):
+        return []
+    d = dense.iloc[0]
+    scored = df[(df.method != "dense") & df.zs_mean.notna()]
+    m, r = SENSITIVITY_CELL
+    lines = ["Zero-shot tasks: the accuracy each is read by, dense against chance, and whether it sees damage: "
+             "Spearman of the task's accuracy with −test perplexity over every scored pruned cell "
+             f"(n = {len(scored)}), and dense − {m} at {r:.0%} paired on the same examples (bootstrap 95 % interval).", "",
+             "| task | metric | examples | dense | ± s.e. | chance | dense above chance | Spearman vs −ppl | "
+             f"dense − {m}@{r:g} | 95 % interval |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        meta = task_meta(tasks_dir, t) if (Path(tasks_dir) / f"{t}.yaml").is_file() else {"metric": "acc", "chance": float("nan")}
+        score, se = float(d.get(f"zs_{t}", float("nan"))), float(d.get(f"zs_{t}_stderr", float("nan")))
+        rho = scored[f"zs_{t}"].corr(-scored.ppl_test, method="spearman") if len(scored) > 2 else float("nan")
+        a, b = _task_correct(ex, "dense", 0.0, t), _task_correct(ex, m, r, t, configured(params.pruning, m))
+        if len(a) == len(b) >= 2:
+            z = paired_accuracy_difference({t: a}, {t: b}, params.benchmark.bootstrap, params.seed)
+            diff, ci = f"{z['diff']:+.3f}", f"[{z['ci_lo']:+.3f}, {z['ci_hi']:+.3f}]" + (" ✓" if z["ci_lo"] > 0 else "")
+        else:
+            diff, ci = "–", "–"
+        above = score - meta["chance"]
+        above_txt = f"{above:+.3f}" + (f" ({above / se:.0f} s.e.)" if se > 0 else "")
+        lines.append(f"| {t} | {meta['metric']} | {len(a)} | {score:.3f} | {se:.3f} | {meta['chance']:.3f} | "
+                     f"{above_txt} | {rho:.2f} | {diff} | {ci} |")
+    return lines + [""]
+
+
+def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparisons: pd.DataFrame | None = None,
+             ex: pd.DataFrame | None = None, tasks_dir: Path | None = None) -> str:
+    """results/benchmark.md: Table 2, the zero-shot tasks (chance, sensitivity), PPF vs every method
+    (paired intervals on perplexity and on accuracy), and every cell."""
     lines = [f"# Benchmark: {params.model.name}", "",
              f"Test perplexity (seqlen {params.eval.seqlen}, {params.benchmark.max_windows} windows) and mean "
              f"zero-shot accuracy ({params.benchmark.zero_shot_limit} examples per task); target = actual block "
@@ -289,18 +370,28 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
              f"Bold: the lowest perplexity at that ratio. Width methods with pruning.compensation = "
              f"{params.pruning.compensation}, depth methods with pruning.removed_blocks = {params.pruning.removed_blocks}.",
              "", table2(as_configured(df, params)), "",
+             *(tasks_section(df, ex, tasks_dir, params) if ex is not None and tasks_dir is not None else []),
              *((["Without compensation (the paper-comparable setting):", "",
                  table2(df[(df.compensation == "none")]), ""]) if (df.compensation != "none").any() else []),
              "PPF vs each method, PAIRED on the same test windows: ppl_PPF / ppl_method − 1 with its bootstrap 95 % "
              f"interval ({params.benchmark.bootstrap} draws). **win** / **loss** only where the interval excludes 0; "
              "otherwise the difference is within the noise of this many windows.", "",
              "Setting `configured`: every method with its configured compensation (PPF too); `none`: all without.", "",
-             "| setting | ratio | method | its ppl | PPF ppl | PPF vs it | 95 % interval | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Zero-shot: PPF's mean accuracy − the method's, paired on the same examples of every task (points, "
+             "+ = PPF better), where both were scored.", "",
+             "| setting | ratio | method | its ppl | PPF ppl | PPF vs it | 95 % interval | verdict | its zero-shot | "
+             "PPF zero-shot | PPF − it | 95 % interval | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in (comparisons.itertuples(index=False) if comparisons is not None else ()):
         verdict = "**win**" if c.ppf_wins else "**loss**" if c.ppf_loses else "tie (interval includes 0)"
+        zs = "| – | – | – | – | – |"
+        if pd.notna(getattr(c, "ppf_vs_zs", float("nan"))):
+            zv = "**win**" if c.ppf_wins_zs else "**loss**" if c.ppf_loses_zs else "tie"
+            zs = (f"| {c.zs:.3f} | {c.ppf_zs:.3f} | {c.ppf_vs_zs:+.3f} | [{c.ppf_vs_zs_ci_lo:+.3f}, "
+                  f"{c.ppf_vs_zs_ci_hi:+.3f}] | {zv} |")
         lines.append(f"| {getattr(c, 'setting', 'configured')} | {c.target_ratio:g} | {c.method} | {c.ppl:.2f} | "
-                     f"{c.ppf_ppl:.2f} | {c.ppf_vs_pct:+.1f} % | [{c.ppf_vs_ci_lo:+.1f}, {c.ppf_vs_ci_hi:+.1f}] % | {verdict} |")
+                     f"{c.ppf_ppl:.2f} | {c.ppf_vs_pct:+.1f} % | [{c.ppf_vs_ci_lo:+.1f}, {c.ppf_vs_ci_hi:+.1f}] % | "
+                     f"{verdict} {zs}")
     lines += ["", "PPF vs the best baseline at each ratio (configured), as a perplexity REDUCTION: 1 − ppl_PPF / ppl_best "
               "(+ = PPF lower; the paired table above has the opposite sign).", "",
               "| ratio | PPF policy | PPF ppl | best baseline | its ppl | PPF's reduction vs best |", "|---|---|---|---|---|---|"]
@@ -320,7 +411,7 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
 
 # ---- the stage's files ----------------------------------------------------------------------------
 def publish(root: Path, params: Params, wb: Workbench, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The finished cells as results/benchmark.{csv,md}, results/benchmark_windows.csv,
+    """The finished cells as results/benchmark.{csv,md}, results/benchmark_{windows,examples}.csv,
     plots/benchmark/*, metrics/benchmark.json and (with ``ppf`` among the methods)
     models/pruned/ppf-<ratio>/; MLflow: a parent run with a nested run per cell, the PPF-pruned models
     registered as ``ppf-pruned-<ratio>``. Returns the summary with what was registered."""
@@ -329,7 +420,9 @@ def publish(root: Path, params: Params, wb: Workbench, rows: list[dict[str, Any]
     df, nll, comparisons, summary_ = report(rows, params)
     write_text_atomic(root / "results" / "benchmark.csv", df.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(root / "results" / "benchmark_windows.csv", nll.to_csv(index=False, float_format="%.9g"))
-    write_text_atomic(root / "results" / "benchmark.md", markdown(df, summary_, params, comparisons))
+    ex = examples(rows)
+    write_text_atomic(root / "results" / "benchmark_examples.csv", ex.to_csv(index=False))
+    write_text_atomic(root / "results" / "benchmark.md", markdown(df, summary_, params, comparisons, ex, root / "data" / "tasks"))
     for name, png in plots.benchmark_curves(as_configured(df, params)).items():
         write_bytes_atomic(root / "plots" / "benchmark" / f"{name}.png", png)
     pruned = as_configured(df, params).query("method != 'dense'")

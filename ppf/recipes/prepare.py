@@ -2,7 +2,8 @@
 
 - :func:`sources` — the downloads the corpus and the tasks need, each once into the ppf cache;
 - :func:`corpus_splits` / :func:`write_corpus` — the corpus split BY ARTICLE with a fixed seed;
-- :func:`build_tasks` — lm-eval multiple-choice tasks from their sources, runnable offline;
+- :func:`build_tasks` — lm-eval tasks from their sources (the corpus's TEST split for cloze and
+  continuation), runnable offline;
 - :func:`resolve_model` / :func:`tokenize` — the embedded model converted once, the token batches;
 - :func:`publish` — data/calibration/tokens.safetensors, metrics/prepare.json and the MLflow run.
 """
@@ -20,7 +21,7 @@ from ppf.config import Params
 from ppf.data import corpus as C
 from ppf.data.bigbench import fetch_sdist, read_task_jsons
 from ppf.data.gensim_wheel import WIKI_DUMP, fetch_wheel, read_members
-from ppf.data.tasks import build_tasks as build, sources as wanted
+from ppf.data.tasks import CORPUS_TEST, build_tasks as build, sources as wanted
 from ppf.io import write_json_atomic, write_tensors_atomic, write_text_atomic
 
 
@@ -77,9 +78,11 @@ def write_corpus(splits: dict[str, str], out_dir: Path) -> dict[str, int]:
     return {name: len(text) for name, text in splits.items()}
 
 
-def build_tasks(found: dict[str, str], names: list[str], limit: int | None, seed: int, out_dir: Path) -> dict[str, int]:
-    """lm-eval task files from their sources (the gensim wheel, a bigbench sdist), whatever the corpus."""
-    data: dict[str, Any] = {}
+def build_tasks(found: dict[str, str], names: list[str], limit: int | None, seed: int, out_dir: Path,
+                test_text: str = "") -> dict[str, int]:
+    """lm-eval task files from their sources (the gensim wheel, a bigbench sdist, ``test_text``: the
+    corpus's test split, never a text any other stage reads)."""
+    data: dict[str, Any] = {CORPUS_TEST: test_text} if wanted(names, "corpus") else {}
     if wanted(names, "bigbench"):
         data |= read_task_jsons(Path(found["bigbench"]), wanted(names, "bigbench"))
     if wanted(names, "gensim"):
@@ -94,25 +97,26 @@ def resolve_model(name: str) -> str:
     return str(resolve(name))
 
 
-def tokenize(model_dir: str, splits: dict[str, str], calibration: dict[str, Any], js: dict[str, Any]
+def tokenize(model_dir: str, splits: dict[str, str], calibration: dict[str, Any], heldout: dict[str, Any]
              ) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
-    """Token counts per split, the calibration batch (train) and the held-out JS batch (valid)."""
+    """Token counts per split, the calibration batch (train) and the held-out batch (valid) the signals
+    are measured on."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tokens = {name: C.tokenize_text(tok, text) for name, text in splits.items()}
     calib = C.calibration_batch(tokens["train"], calibration["n_samples"], calibration["seqlen"], calibration["seed"])
-    heldout = C.calibration_batch(tokens["valid"], js["n_samples"], js["seqlen"], js["seed"])
-    return {name: int(t.numel()) for name, t in tokens.items()}, calib, heldout
+    held = C.calibration_batch(tokens["valid"], heldout["n_samples"], heldout["seqlen"], heldout["seed"])
+    return {name: int(t.numel()) for name, t in tokens.items()}, calib, held
 
 
 def publish(root: Path, params: Params, token_counts: dict[str, int], calib: torch.Tensor, heldout: torch.Tensor,
             chars: dict[str, int], tasks: dict[str, int]) -> dict[str, Any]:
     """data/calibration/tokens.safetensors, metrics/prepare.json and the MLflow run; the metrics."""
     root = Path(root)
-    cal, js = params.calibration, params.heldout
+    cal, held = params.calibration, params.heldout
     write_tensors_atomic(root / "data" / "calibration" / "tokens.safetensors", {"calibration": calib, "heldout": heldout},
-                         {"model": params.model.name, "calibration": cal.model_dump(), "heldout": js.model_dump()})
+                         {"model": params.model.name, "calibration": cal.model_dump(), "heldout": held.model_dump()})
     metrics = {"tokens": token_counts, "chars": chars, "task_examples": tasks,
                "calibration_tokens": calib.numel(), "heldout_tokens": heldout.numel()}
     write_json_atomic(root / "metrics" / "prepare.json", metrics)

@@ -65,9 +65,9 @@ def build_wheel(path: Path, n_articles: int = 30) -> Path:
              '</revision></page>', '<page><title>Talk:A0</title><ns>1</ns><revision><text>talk</text></revision></page>']
     for a in range(n_articles):
         paragraphs = [" + make_text(2, seed=a) +  [[link|" + make_text(3, seed=a + 7) + "]] "
-                      + " ".join(make_text(12, seed=a * 100 + s) + " ." for s in range(p * 5, p * 5 + 5))
+                      + " ".join("The " + make_text(11, seed=a * 100 + s) + "." for s in range(p * 5, p * 5 + 5))
                       + "<ref>a reference</ref> {{cite|x}}" for p in range(4)]
-        pages.append(f"<page><title>A{a}</title><ns>0</ns><revision><text>{escape(chr(10).join(paragraphs))}</text>"
+        pages.append(f"<page><title>A{a}</title><ns>0</ns><revision><text>{escape((chr(10) * 2).join(paragraphs))}</text>"
                      "</revision></page>")
     dump = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">' + "".join(pages) + "</mediawiki>").encode()
     words = make_text(40, seed=5).split()

@@ -131,3 +131,48 @@ def test_table2_marks_unmeasured_zero_shot_with_a_dash():
     assert rows[3] == "| llm_pruner | 40.00 | – |"
     assert rows[4] == "| ppf | **35.00** | 0.750 |"
     assert "nan" not in table2(df)
+
+
+def test_zero_shot_is_compared_paired_on_the_same_examples_and_the_tasks_report_chance_and_sensitivity(tmp_path):
+    """Synthetic cells: PPF right on 30 more examples of 100 per task than LLM-Pruner → a zero-shot win; the
+    tasks section names chance, dense above it, and dense vs ShortGPT at 40 % paired."""
+    import numpy as np
+
+    from ppf.data.tasks import CORPUS_TEST, build_tasks
+    from ppf.recipes.benchmark import compare, examples, markdown, summary
+
+    from tests.ppf.test_tasks import TEXT
+
+    build_tasks({CORPUS_TEST: TEXT}, ["continuation"], limit=None, seed=0, out_dir=tmp_path)
+    from ppf.config import Params
+
+    params = Params()
+    rng = np.random.default_rng(0)
+    base = (rng.random(100) < 0.4).astype(float)
+    better = np.maximum(base, (rng.random(100) < 0.5).astype(float))
+
+    def row(method, ratio, comp, correct, ppl):
+        nll = list(np.log(ppl) * 511 + rng.normal(0, 1, 8))
+        return {"method": method, "target_ratio": ratio, "compensation": comp, "policy": method, "ppl_test": ppl,
+                "zs_mean": float(np.mean(correct)), "zs_continuation": float(np.mean(correct)),
+                "zs_continuation_stderr": 0.04, "zs_continuation_n": 100, "tokens_per_s": 1.0, "peak_mem_mb": 1.0,
+                "actual_ratio": ratio, "ppl_test_ci_lo": ppl, "ppl_test_ci_hi": ppl, "js_test": 0.0, "zs_mean_stderr": 0.04,
+                "prefill_tok_s": 1.0, "params": 1,
+                "nll_windows": nll, "zs_correct": {"continuation": list(correct)}}
+
+    rows = [row("dense", 0.0, "none", np.ones(100), 20.0), row("llm_pruner", 0.4, "lsq", base, 60.0),
+            row("ppf", 0.4, "lsq", better, 50.0), row("shortgpt", 0.4, "mean", base * 0, 400.0)]
+    df = pd.DataFrame(rows)
+    comparisons = compare(df, [0.4], params)
+    c = comparisons[comparisons.method == "llm_pruner"].iloc[0]
+    assert c.ppf_vs_zs == pytest.approx(better.mean() - base.mean()) and c.ppf_vs_zs_ci_lo > 0 and c.ppf_wins_zs
+    assert summary(df, [0.4], comparisons)["0.4"]["ppf_zs_verdict"] == "win"
+    ex = examples(rows)
+    assert len(ex) == 400 and set(ex.task) == {"continuation"}
+    text = markdown(df.drop(columns=["nll_windows", "zs_correct"]), summary(df, [0.4], comparisons), params,
+                    comparisons, ex, tmp_path)
+    line = next(x for x in text.splitlines() if x.startswith("| continuation |"))
+    cells = [x.strip() for x in line.split("|")[1:-1]]
+    assert cells[1] == "acc_norm" and cells[2] == "100" and cells[5] == "0.250"  # the metric, examples, chance
+    assert cells[6].startswith("+0.750") and cells[9].endswith("✓")  # dense above chance; dense − shortgpt excludes 0
+    assert float(cells[7]) == pytest.approx(1.0)  # accuracy tracks −ppl over the scored pruned cells

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_project_params_file_is_valid():
     p = load_params(ROOT / "params.yaml")
     assert p.model.name == "smollm2-135m"
-    assert p.data.corpus.source == "enwiki" and p.tasks.names == ["analogy", "polarity"]
+    assert p.data.corpus.source == "enwiki" and p.tasks.names == ["cloze", "continuation", "analogy", "polarity"]
     assert p.eval.seqlen == 512
 
 

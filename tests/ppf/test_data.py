@@ -317,8 +317,8 @@ def test_the_analogy_task_asks_for_the_fourth_word_among_its_category(tmp_path):
     counts = build_tasks(files, ["analogy"], limit=None, seed=0, out_dir=tmp_path / "t")
     records = read_records(tmp_path / "t", "analogy")
     assert counts == {"analogy": 6} and len(records) == 6  # the one-answer category has no distractor: skipped
-    first = records[0]
-    assert first["query"] == "Athens is to Greece as Baghdad is to" and first["choices"][first["gold"]] == "Iraq"
+    first = next(r for r in records if r["query"] == "Athens is to Greece as Baghdad is to")
+    assert first["choices"][first["gold"]] == "Iraq" and first["category"] == "capital"
     assert len(first["choices"]) == 4 and len(set(first["choices"])) == 4
     assert set(first["choices"]) <= {"Iraq", "Thailand", "China", "Germany", "Switzerland", "Egypt"}
     build_tasks(files, ["analogy"], limit=None, seed=0, out_dir=tmp_path / "again")
@@ -402,11 +402,10 @@ def test_build_tasks_writes_jsonl_and_relocatable_yaml(tmp_path):
     assert config["dataset_kwargs"]["data_files"] == {"test": "social_iqa.jsonl"}
     assert config["output_type"] == "multiple_choice"
     social = read_records(tmp_path, "social_iqa")
-    assert social[0] == {"query": "Question: social question 0?\nAnswer:",
-                         "choices": ["social choice 0 0", "social choice 0 1", "social choice 0 2"],
-                         "gold": 0}
+    assert {"query": "Question: social question 0?\nAnswer:",
+            "choices": ["social choice 0 0", "social choice 0 1", "social choice 0 2"], "gold": 0} in social
     hyper = read_records(tmp_path, "hyperbaton")
-    assert hyper[0]["choices"] == ["big old red car 0", "red old big car 0"]
+    assert ["big old red car 0", "red old big car 0"] in [r["choices"] for r in hyper]
     assert [r["choices"][r["gold"]].startswith("big") for r in hyper] == [True] * 10
     assert {len(r["choices"]) for r in read_records(tmp_path, "goal_step_wikihow")} == {4}
 

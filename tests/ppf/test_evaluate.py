@@ -125,3 +125,26 @@ def test_the_paper_suite_is_in_lm_evals_registry_and_refused_cleanly_offline(mon
     for name in E.PAPER_TASKS:
         with pytest.raises(PPFError, match=f"lm-eval task '{name}' needs the dataset '"):
             E.check_registry_tasks([name], manager)
+
+
+def test_zero_shot_scores_a_cloze_and_gives_each_examples_result(tmp_path):
+    from ppf.data.tasks import CORPUS_TEST
+
+    body = [w for w in WORDS if w not in ("school", "city", "game", "team")]
+    text = "\n\n".join(
+        f"The school {' '.join(body[i:i + 9])}. Then {' '.join(body[i + 9:i + 20])} city. "
+        f"There {' '.join(body[i + 20:i + 31])} school" + "." for i in range(0, 48, 8))
+    build_tasks({CORPUS_TEST: text}, ["cloze"], limit=None, seed=0, out_dir=tmp_path / "tasks")
+    model, tok = make_llama(4, 2)
+    out = zero_shot(model, tok, tmp_path / "tasks", batch_size=2)
+    r = out["cloze"]
+    assert r["metric"] == "acc" and r["chance"] == 0.0 and r["n"] == len(r["correct"]) > 0
+    assert set(r["correct"]) <= {0.0, 1.0} and r["score"] == pytest.approx(sum(r["correct"]) / r["n"])
+    assert r["perplexity"] > 1  # the target word's perplexity under a random model
+
+
+def test_zero_shot_refuses_a_malformed_task_file(tasks_dir):
+    (tasks_dir / "social_iqa.jsonl").write_text('{"query": "q"}\n')
+    model, tok = make_llama(4, 4, layers=1)
+    with pytest.raises(PPFError, match="social_iqa.jsonl.*line 1 is not a task record"):
+        zero_shot(model, tok, tasks_dir, names=["social_iqa"])

@@ -48,3 +48,23 @@ def test_same_seed_same_interval_and_bad_input():
         paired_ppl_difference(a, b, T, n_boot=10)
     with pytest.raises(PPFError, match="at least 2"):
         ppl_interval([1.0], T)
+
+def test_paired_accuracy_difference_finds_a_known_gap_and_calls_equal_models_a_tie():
+    import numpy as np
+
+    from ppf.stats import paired_accuracy_difference
+
+    rng = np.random.default_rng(0)
+    hard = {t: rng.random(400) < 0.5 for t in ("a", "b")}  # shared difficulty: what pairing cancels
+    better = {t: (x | (rng.random(400) < 0.3)).astype(float).tolist() for t, x in hard.items()}
+    worse = {t: x.astype(float).tolist() for t, x in hard.items()}
+    d = paired_accuracy_difference(better, worse, 2000, 0)
+    truth = np.mean([np.mean(better[t]) - np.mean(worse[t]) for t in better])
+    assert d["diff"] == pytest.approx(truth) and d["ci_lo"] > 0 and d["excludes_0"]
+    assert paired_accuracy_difference(worse, better, 2000, 0)["ci_hi"] < 0
+    same = paired_accuracy_difference(worse, worse, 2000, 0)
+    assert same["diff"] == 0 and not same["excludes_0"]
+    with pytest.raises(PPFError, match="same tasks"):
+        paired_accuracy_difference(better, {"a": better["a"]})
+    with pytest.raises(PPFError, match="same examples"):
+        paired_accuracy_difference({"a": [1.0, 0.0]}, {"a": [1.0, 0.0, 1.0]})
