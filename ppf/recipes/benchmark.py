@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -316,6 +317,7 @@ def table2(df: pd.DataFrame) -> str:
 
 # the sensitivity check every task must pass to be read at all: dense against a model clearly broken on perplexity
 SENSITIVITY_CELL = ("shortgpt", 0.4)
+SENSITIVITY_RHO = 0.8  # issue 28's bar: a task whose accuracy ranks the pruned cells this well sees damage
 
 
 def _task_correct(ex: pd.DataFrame, method: str, ratio: float, task: str, compensation: str | None = None) -> list[float]:
@@ -323,6 +325,18 @@ def _task_correct(ex: pd.DataFrame, method: str, ratio: float, task: str, compen
     if compensation is not None:
         sel = sel[sel.compensation == compensation]
     return sel.sort_values("example").correct.tolist()
+
+
+def sees_damage(rho: float, separates: bool) -> str:
+    """A task sees pruning damage when its accuracy tracks −test perplexity over the pruned cells
+    (Spearman ≥ :data:`SENSITIVITY_RHO`) AND it tells dense from ShortGPT at 40 % (interval above 0);
+    otherwise the markdown names it as failing and why."""
+    why = []
+    if math.isnan(rho) or rho < SENSITIVITY_RHO:
+        why.append("too few scored cells" if math.isnan(rho) else f"Spearman {rho:.2f} < {SENSITIVITY_RHO:g}")
+    if not separates:
+        why.append(f"dense vs {SENSITIVITY_CELL[0]}@{SENSITIVITY_CELL[1]:g} within noise")
+    return "**no**: " + "; ".join(why) if why else "yes"
 
 
 def tasks_section(df: pd.DataFrame, ex: pd.DataFrame, tasks_dir: Path, params: Params) -> list[str]:
@@ -341,7 +355,7 @@ def tasks_section(df: pd.DataFrame, ex: pd.DataFrame, tasks_dir: Path, params: P
              "Spearman of the task's accuracy with −test perplexity over every scored pruned cell "
              f"(n = {len(scored)}), and dense − {m} at {r:.0%} paired on the same examples (bootstrap 95 % interval).", "",
              "| task | metric | examples | dense | ± s.e. | chance | dense above chance | Spearman vs −ppl | "
-             f"dense − {m}@{r:g} | 95 % interval |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"dense − {m}@{r:g} | 95 % interval | sees damage |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in tasks:
         meta = task_meta(tasks_dir, t) if (Path(tasks_dir) / f"{t}.yaml").is_file() else {"metric": "acc", "chance": float("nan")}
         score, se = float(d.get(f"zs_{t}", float("nan"))), float(d.get(f"zs_{t}_stderr", float("nan")))
@@ -350,12 +364,13 @@ def tasks_section(df: pd.DataFrame, ex: pd.DataFrame, tasks_dir: Path, params: P
         if len(a) == len(b) >= 2:
             z = paired_accuracy_difference({t: a}, {t: b}, params.benchmark.bootstrap, params.seed)
             diff, ci = f"{z['diff']:+.3f}", f"[{z['ci_lo']:+.3f}, {z['ci_hi']:+.3f}]" + (" ✓" if z["ci_lo"] > 0 else "")
+            separates = z["ci_lo"] > 0
         else:
-            diff, ci = "–", "–"
+            diff, ci, separates = "–", "–", False
         above = score - meta["chance"]
         above_txt = f"{above:+.3f}" + (f" ({above / se:.0f} s.e.)" if se > 0 else "")
         lines.append(f"| {t} | {meta['metric']} | {len(a)} | {score:.3f} | {se:.3f} | {meta['chance']:.3f} | "
-                     f"{above_txt} | {rho:.2f} | {diff} | {ci} |")
+                     f"{above_txt} | {rho:.2f} | {diff} | {ci} | {sees_damage(rho, separates)} |")
     return lines + [""]
 
 

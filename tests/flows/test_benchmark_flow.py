@@ -176,3 +176,16 @@ def test_zero_shot_is_compared_paired_on_the_same_examples_and_the_tasks_report_
     assert cells[1] == "acc_norm" and cells[2] == "100" and cells[5] == "0.250"  # the metric, examples, chance
     assert cells[6].startswith("+0.750") and cells[9].endswith("✓")  # dense above chance; dense − shortgpt excludes 0
     assert float(cells[7]) == pytest.approx(1.0)  # accuracy tracks −ppl over the scored pruned cells
+    assert cells[10] == "yes"  # both bars met: named as seeing damage
+
+
+def test_sees_damage_names_the_failing_bar():
+    """A task that does not rank the pruned cells, or cannot tell dense from ShortGPT at 40 %, is named
+    as failing, with the bar it missed."""
+    from ppf.recipes.benchmark import sees_damage
+
+    assert sees_damage(0.93, True) == "yes"
+    assert sees_damage(0.8, True) == "yes"
+    assert sees_damage(-0.80, True) == "**no**: Spearman -0.80 < 0.8"
+    assert sees_damage(0.9, False) == "**no**: dense vs shortgpt@0.4 within noise"
+    assert sees_damage(float("nan"), False).startswith("**no**: too few scored cells; ")
