@@ -251,6 +251,54 @@ def export(model: Annotated[str, typer.Argument(help="a ppf checkpoint directory
 
 
 @app.command()
+def recover(checkpoint: Annotated[Path, typer.Argument(help="a ppf checkpoint (ppf prune --out, models/pruned/ppf-<ratio>)")],
+            out: Annotated[Path, typer.Option("--out", "-o", help="write the recovered checkpoint here")],
+            tokens: Annotated[int | None, typer.Option(help="training tokens (default: recover.tokens)")] = None,
+            lr: Annotated[float | None, typer.Option(help="peak learning rate (default: recover.lr)")] = None,
+            minutes: Annotated[float | None, typer.Option(help="also stop after this many minutes")] = None,
+            train: Annotated[str | None, typer.Option(help="blocks | lora (default: recover.train)")] = None,
+            params: ParamsOpt = Path("params.yaml"),
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Recover a pruned checkpoint: distil it from its dense base model on the train split (resumable:
+    rerun the same command after Ctrl-C)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ppf.config import overridden
+    from ppf.recipes.recover import recover as run_recover
+    from ppf.workbench import Workbench
+
+    p, root = _project(params)
+    p = overridden(p, "command line", recover={"tokens": tokens, "lr": lr, "minutes": minutes, "train": train})
+    wb = Workbench(root, p)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=as_json) as bar:
+        task = bar.add_task("recovering", total=p.recover.tokens, info="")
+
+        def on_step(e: dict) -> None:
+            info = f"{e['tok_s']:,.0f} tok/s  loss {e['loss']:.3f} (kl {e['kl']:.3f}, lm {e['lm']:.3f})"
+            info += f"  valid ppl {e['ppl_valid']:.2f}" if "ppl_valid" in e else ""
+            bar.update(task, completed=e["tokens"], info=info)
+
+        report = run_recover(wb, checkpoint, out, on_step=on_step, progress=lambda m: bar.update(task, description=m))
+    rec = report["recovery"]
+    if as_json:
+        console.print_json(json.dumps({k: v for k, v in report.items() if k not in ("ppl_before", "ppl_after")}
+                                      | {k: {x: y for x, y in (report[k] or {}).items() if x != "nll_windows"}
+                                         for k in ("ppl_before", "ppl_after")}))
+        return
+    rows = [("trained", f"{rec['trained']} ({rec['trainable_params']:,} parameters)"),
+            ("tokens", f"{rec['tokens']:,} of {rec['budget_tokens']:,} ({rec['stopped']})"),
+            ("tokens/s", f"{rec['tok_s']:,.0f}"),
+            ("best valid step", f"{rec['best_step']} (valid ppl {rec['best_ppl_valid']:.2f})")]
+    for key, label in (("ppl_before", "test ppl before"), ("ppl_after", "test ppl after")):
+        v = report[key]
+        rows.append((label, f"{v['value']:.2f} [{v['ci_lo']:.2f}, {v['ci_hi']:.2f}]"))
+    rows += [("seconds", f"{report['seconds']:.1f}"), ("saved to", str(report["out"]))]
+    _show(report, False, f"{checkpoint} recovered", rows)
+
+
+@app.command()
 def predict(model: ModelOpt = "smollm2-135m",
             ratio: Annotated[float, typer.Option("--ratio", "-r", callback=_ratio, help="target block ratio, in (0, 1)")] = 0.2,
             policy: Annotated[str, typer.Option("--policy", "-p", help="lod:A | esd:A | bi:A | uniform")] = "uniform",

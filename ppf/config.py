@@ -422,6 +422,42 @@ class BenchmarkParams(Section):
         return self
 
 
+class RecoverParams(Section):
+    """Recovery after pruning: distillation from the dense base model on the train split (ppf/recover.py)."""
+
+    tokens: int = Field(100_000, gt=0, description="the budget: training tokens per model")
+    minutes: float | None = Field(None, gt=0, description="also stop after this many minutes of training (a run "
+                                  "cut by the clock is not reproducible; null = the token budget only)")
+    lr: float = Field(5e-5, gt=0, description="AdamW's peak learning rate")
+    warmup: float = Field(0.05, ge=0, lt=1, description="share of the steps with a linear warm-up, then cosine")
+    lr_final: float = Field(0.1, ge=0, le=1, description="the last step's learning rate, as a share of lr")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="gradient norm clip (0 = none)")
+    seqlen: int = Field(256, ge=8, description="tokens per train window")
+    batch_size: int = Field(4, gt=0, description="windows per forward")
+    accumulation: int = Field(1, gt=0, description="forwards per optimizer step")
+    temperature: float = Field(1.0, gt=0, description="distillation temperature T (the KL is scaled by T^2)")
+    kl_weight: float = Field(1.0, ge=0, description="weight of KL(teacher || student) over the teacher's top-k + rest")
+    lm_weight: float = Field(1.0, ge=0, description="weight of the next-token cross-entropy on the train text")
+    top_k: int = Field(64, gt=0, description="teacher log-probs cached per token (the rest of its mass: one bucket)")
+    train: Literal["blocks", "lora"] = Field("blocks", description="what trains: every decoder-layer parameter "
+                                            "(embeddings, tied head, final norm frozen) or LoRA adapters (peft)")
+    lora_rank: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="mixed precision of the forwards")
+    eval_every: int = Field(25, gt=0, description="steps between valid-perplexity checks")
+    valid_windows: int = Field(8, gt=0, description="valid windows of eval.seqlen for the checks (never test)")
+    patience: int = Field(4, ge=0, description="checks without a better valid perplexity before stopping (0 = never)")
+    checkpoint_every: int = Field(25, gt=0, description="steps between resumable states")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "RecoverParams":
+        if self.kl_weight == 0 and self.lm_weight == 0:
+            raise ValueError("kl_weight and lm_weight are both 0: nothing to train on; set one of them > 0")
+        return self
+
+
 class TrackingParams(Section):
     experiment: str = "ppf"
     predictor_name: str = Field("ppf-predictor", description="registered model name of the predictor")
@@ -469,6 +505,7 @@ class Params(Section):
     search: SearchParams = Field(default_factory=SearchParams)
     active: ActiveParams = Field(default_factory=ActiveParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
+    recover: RecoverParams = Field(default_factory=RecoverParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     deploy: DeployParams = Field(default_factory=DeployParams)
 
@@ -550,3 +587,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if raw is not None and not isinstance(raw, dict):
         raise PPFError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     return parse_params(raw, str(path))
+
+
+def overridden(params: Params, source: str, **sections: dict[str, Any]) -> Params:
+    """``params`` with some keys of its sections replaced (command-line options), validated as a params
+    file is: one PPFError naming each bad key and value, ``source`` saying where it came from."""
+    raw = params.model_dump(mode="python")
+    for section, values in sections.items():
+        raw[section] = {**raw[section], **{k: v for k, v in values.items() if v is not None}}
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise PPFError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None

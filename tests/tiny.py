@@ -6,6 +6,7 @@ real SmolLM2 (that is what ``-m slow`` tests are for).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import torch
@@ -195,3 +196,35 @@ def random_plan(model, seed: int = 0, meta: dict | None = None):
         channels = sorted(rng.sample(range(s.intermediate), 5 if i == 1 else rng.randint(10, s.intermediate)))
         layers.append(LayerPlan(tuple(heads), tuple(kv), tuple(channels)))
     return PruningPlan(s, tuple(layers), meta=dict(meta or {"method": "test"}))
+
+
+# a script that loads a checkpoint through transformers' remote code with ppf made unimportable;
+# argv: checkpoint, token ids (JSON), a text to tokenize; prints one JSON line (class, tokens, logits)
+WITHOUT_PPF = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class NoPPF(importlib.abc.MetaPathFinder):  # ppf is installed (editable): make it unimportable
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("ppf", "flows"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, NoPPF())
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ck, ids = sys.argv[1], json.loads(sys.argv[2])
+    try:
+        AutoModelForCausalLM.from_pretrained(ck, trust_remote_code=False)  # what ppf's classes gave
+        plain = "loaded"
+    except Exception as exc:
+        plain = type(exc).__name__ + ": " + str(exc).splitlines()[0]
+    model = AutoModelForCausalLM.from_pretrained(ck, trust_remote_code=True, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(ck, trust_remote_code=True)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    assert not any(m.split(".")[0] == "ppf" for m in sys.modules), "ppf got imported"
+    assert not any(type(f).__name__ == "_RegisterOnImport" for f in sys.meta_path)
+    print(json.dumps({"plain": plain, "class": type(model).__name__, "module": type(model).__module__,
+                      "tokens": tok(sys.argv[3])["input_ids"], "logits": logits.tolist()}))
+""")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ppf.checkpoint import remote_code
+from ppf.checkpoint.card import CARD, model_card
 from ppf.checkpoint.hf_classes import classes, register_with_transformers
 from ppf.checkpoint.layout import (BASES, CONFIG, FORMAT, LAYERS, META, PREFIX, WEIGHTS, _check_dir, _read_json,
                                    _read_layers, layer_shapes, model_shapes)
@@ -93,7 +94,8 @@ def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | Non
     """Write ``model`` (pruned by :func:`ppf.prune.prune_model`, or dense) as a ppf checkpoint.
 
     ``base`` names the dense model it came from (e.g. ``smollm2-135m``); ``extra`` is stored in
-    ``ppf.json``. Atomic: everything is written to a temporary sibling that replaces ``out_dir``
+    ``ppf.json`` (and read by the model card, README.md: its ``policy``, ``target``, ``compensation``,
+    ``recovery`` and ``perplexity``). Atomic: everything is written to a temporary sibling that replaces ``out_dir``
     only when complete. ``out_dir`` may be an existing ppf checkpoint (replaced) or an empty
     directory; anything else is refused rather than deleted. Returns ``out_dir``.
     """
@@ -120,7 +122,7 @@ def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | Non
         write_text_atomic(tmp / LAYERS, json.dumps(
             {"format": FORMAT, "layers": config.ppf_layers, "plan": plan.to_dict()}, separators=(",", ":"),
             default=str) + "\n")
-        write_json_atomic(tmp / META, {
+        meta = {
             "format": FORMAT, "base": base, "base_model_type": config.ppf_base_model_type,
             "ppf_version": _ppf_version(), "policy": plan.meta, "extra": dict(extra or {}),
             "block_ratio": plan.block_ratio, "kept_block_params": plan.kept_block_params,
@@ -129,7 +131,9 @@ def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | Non
             # cast with .to(bfloat16) had them in bfloat16, and its logits depend on that
             "buffer_dtypes": {name: str(b.dtype).removeprefix("torch.")
                               for name, b in _non_persistent_buffers(model)},
-        })
+        }
+        write_json_atomic(tmp / META, meta)
+        write_text_atomic(tmp / CARD, model_card(meta, out.name))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         # mkdtemp / mkstemp make things private; a checkpoint is meant to be readable like any other

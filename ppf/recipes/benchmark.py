@@ -445,15 +445,28 @@ def publish(root: Path, params: Params, wb: Workbench, rows: list[dict[str, Any]
                       pruned[["method", "actual_ratio", "ppl_test", "zs_mean", "tokens_per_s", "peak_mem_mb"]]
                       .to_csv(index=False, float_format="%.6g"))
     write_json_atomic(root / "metrics" / "benchmark.json", summary_)
-    saved = {r: save_ppf(root, params, wb, r) for r in b.ratios} if "ppf" in b.methods else {}
+    saved = {r: save_ppf(root, params, wb, r, _ppf_ppl(df, params, r)) for r in b.ratios} if "ppf" in b.methods else {}
     return {**summary_, "registered": _track(root, params, df, summary_, saved)}
 
 
-def save_ppf(root: Path, params: Params, wb: Workbench, ratio: float) -> Path:
+def _ppf_ppl(df: pd.DataFrame, params: Params, ratio: float) -> dict[str, Any] | None:
+    """PPF's measured test perplexity at ``ratio`` (configured compensation) with its interval, for the model card."""
+    rows = as_configured(df, params).query("method == 'ppf' and target_ratio == @ratio")
+    if rows.empty:
+        return None
+    r = rows.iloc[0]
+    return {"split": "test", "value": float(r.ppl_test), "ci_lo": float(r.ppl_test_ci_lo), "ci_hi": float(r.ppl_test_ci_hi),
+            "windows": params.benchmark.max_windows or "all", "seqlen": params.eval.seqlen}
+
+
+def save_ppf(root: Path, params: Params, wb: Workbench, ratio: float, perplexity: dict[str, Any] | None = None) -> Path:
     """Write models/pruned/ppf-<ratio> (rebuilt: cheap, and a cached cell never returns files)."""
     model, info = build(wb, "ppf", ratio)
     out = Path(root) / "models" / "pruned" / f"ppf-{ratio:g}"
-    save_pruned(model, wb.tokenizer, out, base=params.model.name, extra={"policy": info["policy"], "target": ratio})
+    extra = {"policy": info["policy"], "target": ratio, "compensation": info["compensation"]}
+    if perplexity:
+        extra["perplexity"] = perplexity
+    save_pruned(model, wb.tokenizer, out, base=params.model.name, extra=extra)
     return out
 
 

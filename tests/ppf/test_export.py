@@ -45,34 +45,7 @@ def _torch_logits(model, ids: list[int]) -> np.ndarray:
 
 
 # ---- A: remote code -------------------------------------------------------------------------------
-_WITHOUT_PPF = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class NoPPF(importlib.abc.MetaPathFinder):  # ppf is installed (editable): make it unimportable
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("ppf", "flows"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, NoPPF())
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    ck, ids = sys.argv[1], json.loads(sys.argv[2])
-    try:
-        AutoModelForCausalLM.from_pretrained(ck, trust_remote_code=False)  # what ppf's classes gave
-        plain = "loaded"
-    except Exception as exc:
-        plain = type(exc).__name__ + ": " + str(exc).splitlines()[0]
-    model = AutoModelForCausalLM.from_pretrained(ck, trust_remote_code=True, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(ck, trust_remote_code=True)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0]
-    assert not any(m.split(".")[0] == "ppf" for m in sys.modules), "ppf got imported"
-    assert not any(type(f).__name__ == "_RegisterOnImport" for f in sys.meta_path)
-    print(json.dumps({"plain": plain, "class": type(model).__name__, "module": type(model).__module__,
-                      "tokens": tok(sys.argv[3])["input_ids"], "logits": logits.tolist()}))
-""")
+from tiny import WITHOUT_PPF as _WITHOUT_PPF  # noqa: E402
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
