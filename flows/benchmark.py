@@ -6,9 +6,8 @@ is one cached task too. A run killed midway resumes with the finished cells from
 
 Outputs: results/benchmark.csv (one row per cell), results/benchmark.md (Table 2 layout + PPF vs
 the best baseline per ratio), plots/benchmark/{ppl,zeroshot,speed}.png, metrics/benchmark.json,
-models/pruned/ppf-<ratio>/ (the PPF-pruned checkpoints); MLflow: a parent run with a nested run per
-cell, the PPF-pruned models registered as ``ppf-pruned-<ratio>``
-(``ppf.serving.load_registered_pruned(root, "ppf-pruned-0.4")`` loads one back).
+models/unrecovered/ppf-<ratio>/ (the PPF-pruned checkpoints, which the `recover` stage recovers into
+models/pruned/ and registers); MLflow: a parent run with a nested run per cell.
 Run: ``python -m flows.benchmark [--params params.yaml]``.
 """
 

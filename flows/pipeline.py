@@ -1,10 +1,10 @@
 """The whole pipeline as one Prefect flow: prepare → importance → collect → train_predictor →
-active → train_agent → benchmark (dense_eval alongside), each stage a subflow whose work is cached tasks.
+active → train_agent → benchmark → recover (dense_eval alongside), each stage a subflow whose work is cached tasks.
 
 DVC (`dvc repro`) decides which stages must run from their deps and params; this flow is the
 same chain for Prefect deployments and for running without DVC. A run killed midway resumes from
 the cached tasks of the stage it was in (collection per sample, validation per policy, benchmark
-per cell); finished stages rerun in seconds from their caches.
+per cell, recovery per saved state); finished stages rerun in seconds from their caches.
 Run: ``python -m flows.pipeline [--params params.yaml]``.
 """
 
@@ -22,13 +22,14 @@ from flows.common import PPFError, run_main
 from flows.dense_eval import dense_eval
 from flows.importance import importance_flow
 from flows.prepare import prepare
+from flows.recover import recover_flow
 from flows.train_agent import train_agent_flow
 from flows.train_predictor import train_predictor_flow
 
 STAGES = {
     "prepare": prepare, "dense_eval": dense_eval, "importance": importance_flow, "collect": collect,
     "train_predictor": train_predictor_flow, "active": active_flow, "train_agent": train_agent_flow,
-    "benchmark": benchmark_flow,
+    "benchmark": benchmark_flow, "recover": recover_flow,
 }
 
 

@@ -113,9 +113,13 @@ def prune(model: ModelOpt = "smollm2-135m",
                                               help="lod:A | esd:A | bi:A | uniform  (A = a_eta in [0, 0.5]) | "
                                                    "agent (the trained agent decides)")] = "uniform",
           out: Annotated[Path | None, typer.Option("--out", "-o", help="write the pruned checkpoint here")] = None,
+          recover: Annotated[bool, typer.Option("--recover/--no-recover",
+                                                help="with --out: distil the pruned model from the dense one before "
+                                                     "saving (the recover params; --no-recover: as pruned)")] = True,
           params: ParamsOpt = Path("params.yaml"),
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Prune a model with a policy to a target ratio; print actual ratio, parameters and time."""
+    """Prune a model with a policy to a target ratio; print actual ratio, parameters and time. With --out, the
+    checkpoint is recovered by default (as `ppf recover`; resumable: rerun the same command after Ctrl-C)."""
     from ppf.policy import Policy
     from ppf.recipes.prune import prune as run_prune
     from ppf.workbench import Workbench
@@ -132,7 +136,7 @@ def prune(model: ModelOpt = "smollm2-135m",
     else:
         pol = Policy.parse(policy)
     with err.status("pruning") as status:
-        report = run_prune(wb, pol, ratio, out, progress=lambda m: status.update(m))
+        report = run_prune(wb, pol, ratio, out, progress=lambda m: status.update(m), recover=recover)
     rows = [("actual block ratio", f"{report['actual_block_ratio']:.4f}"),
             ("actual whole-model reduction", f"{report['actual_model_ratio']:.4f}"),
             ("params before -> after", f"{report['params_before']:,} -> {report['params_after']:,}"),
@@ -142,6 +146,10 @@ def prune(model: ModelOpt = "smollm2-135m",
                                                              f"{report['compensation_peak_mb']:,.0f} MB)"
                                                              if report["compensation"] != "none" else ""))]
     rows += [(f"time: {k.removesuffix('_s')}", f"{v:.2f} s") for k, v in report["seconds"].items()]
+    if report.get("recovery"):
+        r = report["recovery"]
+        rows += [("recovered", f"{r['recovery']['tokens']:,} tokens, {r['recovery']['tok_s']:,.0f} tok/s, test ppl "
+                               f"{r['ppl_before']['value']:.2f} -> {r['ppl_after']['value']:.2f}")]
     rows += [("saved to", report["out"])] if report["out"] else []
     _show(report, as_json, f"{model} pruned with {pol} to {ratio:.3f}", rows)
     if not out:
@@ -411,7 +419,17 @@ def summary(params: ParamsOpt = Path("params.yaml")) -> None:
     if "dense" in bench:
         console.print(f"dense: test ppl {bench['dense']['ppl_test']:.2f}, zero-shot {bench['dense']['zs_mean']:.3f}")
     pruned = sorted(str(p.relative_to(root)) for p in (root / "models" / "pruned").glob("ppf-*"))
-    console.print(f"pruned PPF models: {', '.join(pruned) or 'none'} (load: ppf.load_pruned(DIR))\n"
+    raw = sorted(str(p.relative_to(root)) for p in (root / "models" / "unrecovered").glob("ppf-*"))
+    rec = root / "metrics" / "recover.json"
+    if rec.exists():
+        for r, e in json.loads(rec.read_text()).items():
+            if isinstance(e, dict) and "ppf" in e:
+                vs = [(k.removeprefix("ppf_vs_"), v) for k, v in e.items() if k.startswith("ppf_vs_")]
+                console.print(f"recovered {r}: PPF {e['ppf']['ppl_before']:.2f} -> {e['ppf']['ppl_after']:.2f}"
+                              + "".join(f"; vs {m} recovered {v['pct']:+.1f} % [{v['ci_lo']:+.1f}, {v['ci_hi']:+.1f}]"
+                                        for m, v in vs), highlight=False)
+    console.print(f"PPF models, recovered: {', '.join(pruned) or 'none yet (dvc repro recover)'}; as pruned: "
+                  f"{', '.join(raw) or 'none'} (load: ppf.load_pruned(DIR))\n"
                   f"plots: {root / 'plots'}/{{predictor,agent,benchmark}}/*.png; all metrics: `dvc metrics show`\n"
                   "next: `ppf policy --ratio 0.33` · `ppf prune --ratio 0.33 --policy agent --out pruned/a` · "
                   "`dvc exp run -S benchmark.ratios='[0.3]'` · "

@@ -450,6 +450,9 @@ class RecoverParams(Section):
     patience: int = Field(4, ge=0, description="checks without a better valid perplexity before stopping (0 = never)")
     checkpoint_every: int = Field(25, gt=0, description="steps between resumable states")
     seed: int = 0
+    baselines: list[str] = Field(["best", "llm_pruner"], description="the `recover` stage recovers PPF and these "
+                                 "at every benchmark ratio (best = the lowest configured baseline there)")
+    curve: bool = Field(True, description="the `recover` stage also measures test perplexity at every valid check")
 
     @model_validator(mode="after")
     def _some_loss(self) -> "RecoverParams":

@@ -106,3 +106,23 @@ def benchmark_curves(df: pd.DataFrame) -> dict[str, bytes]:
         ax.legend(fontsize=7)
         out[name] = _png(fig)
     return out
+
+
+def recovery_curves(curve: pd.DataFrame, dense: float | None = None) -> bytes:
+    """Test perplexity vs recovery tokens, one panel per ratio, a line per method (valid where no test)."""
+    col = "ppl_test" if "ppl_test" in curve.columns and curve.ppl_test.notna().all() else "ppl_valid"
+    ratios = sorted(curve.target_ratio.unique())
+    fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * len(ratios), 3.8), dpi=110, squeeze=False)
+    for ax, r in zip(axes[0], ratios, strict=True):
+        for m, g in curve[curve.target_ratio == r].groupby("method"):
+            g = g.sort_values("tokens")
+            ax.plot(g.tokens / 1000, g[col], marker="o", label=m, lw=2.5 if m == "ppf" else 1.2)
+        if dense:
+            ax.axhline(dense, color="k", ls="--", lw=1, label="dense")
+        ax.set_yscale("log")
+        ax.set_title(f"ratio {r:g}")
+        ax.set_xlabel("recovery tokens (k)")
+        ax.set_ylabel(f"{'test' if col == 'ppl_test' else 'valid'} perplexity")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)

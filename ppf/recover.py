@@ -207,12 +207,15 @@ def _save_state(state_dir: Path, state: dict) -> None:
 
 def distill(student: nn.Module, targets: TeacherTargets, windows: torch.Tensor, valid: torch.Tensor,
             rp: RecoverParams, state_dir: Path | None = None, student_id: str = "",
-            on_step: Callable[[dict[str, Any]], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+            on_step: Callable[[dict[str, Any]], None] | None = None,
+            probe: Callable[[nn.Module], dict[str, Any]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``student`` on ``windows`` [n, seqlen] against ``targets``; returns (the model with the
     best valid-perplexity weights, merged if LoRA; the record: curve, best step, tokens, seconds).
 
     ``state_dir``: where the resumable state is kept every ``checkpoint_every`` steps (and read back
-    when it matches this run's params, student and targets); the caller removes it once the result is saved."""
+    when it matches this run's params, student and targets); the caller removes it once the result is saved.
+    ``probe``: measured on the current model at step 0 and at every valid check and stored in that curve
+    point (e.g. test perplexity for a curve; it never decides anything, and a resumed run keeps it)."""
     steps = steps_for(rp)
     per_step = rp.batch_size * rp.accumulation
     if len(windows) < steps * per_step or len(targets.index) < steps * per_step:
@@ -225,7 +228,8 @@ def distill(student: nn.Module, targets: TeacherTargets, windows: torch.Tensor, 
     digest = config_digest(rp, student_id, targets)
     device = _device(model)
     v0 = valid_perplexity(model, valid)
-    rec: dict[str, Any] = {"curve": [{"step": 0, "tokens": 0, "ppl_valid": v0}], "losses": [], "best_step": 0,
+    point0 = {"step": 0, "tokens": 0, "ppl_valid": v0} | (probe(model) if probe else {})
+    rec: dict[str, Any] = {"curve": [point0], "losses": [], "best_step": 0,
                            "best_ppl_valid": v0, "resumed_from": None, "stopped": "budget"}
     best = {n: p.detach().clone() for n, p in params.items()}
     start, checks_since_best, seconds = 0, 0, 0.0
@@ -270,7 +274,7 @@ def distill(student: nn.Module, targets: TeacherTargets, windows: torch.Tensor, 
         stop = None
         if done % rp.eval_every == 0 or done == steps:
             v = valid_perplexity(model, valid)
-            rec["curve"].append({"step": done, "tokens": event["tokens"], "ppl_valid": v})
+            rec["curve"].append({"step": done, "tokens": event["tokens"], "ppl_valid": v} | (probe(model) if probe else {}))
             event["ppl_valid"] = v
             if v < rec["best_ppl_valid"]:
                 rec["best_ppl_valid"], rec["best_step"], checks_since_best = v, done, 0

@@ -32,7 +32,6 @@ from ppf.checkpoint import save_pruned
 from ppf.config import Params
 from ppf.evaluate import speed, zero_shot
 from ppf.io import digest, write_bytes_atomic, write_json_atomic, write_text_atomic
-from ppf.serving import PRUNED
 from ppf.metrics import js_divergence, perplexity_of, window_nll, windows
 from ppf.policy import check_ratio
 from ppf.data.tasks import task_meta
@@ -428,8 +427,8 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], params: Params, comparis
 def publish(root: Path, params: Params, wb: Workbench, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The finished cells as results/benchmark.{csv,md}, results/benchmark_{windows,examples}.csv,
     plots/benchmark/*, metrics/benchmark.json and (with ``ppf`` among the methods)
-    models/pruned/ppf-<ratio>/; MLflow: a parent run with a nested run per cell, the PPF-pruned models
-    registered as ``ppf-pruned-<ratio>``. Returns the summary with what was registered."""
+    models/unrecovered/ppf-<ratio>/; MLflow: a parent run with a nested run per cell. Returns the summary
+    with where PPF's models were saved (``saved``; the `recover` stage recovers and registers them)."""
     root = Path(root)
     b = params.benchmark
     df, nll, comparisons, summary_ = report(rows, params)
@@ -446,7 +445,8 @@ def publish(root: Path, params: Params, wb: Workbench, rows: list[dict[str, Any]
                       .to_csv(index=False, float_format="%.6g"))
     write_json_atomic(root / "metrics" / "benchmark.json", summary_)
     saved = {r: save_ppf(root, params, wb, r, _ppf_ppl(df, params, r)) for r in b.ratios} if "ppf" in b.methods else {}
-    return {**summary_, "registered": _track(root, params, df, summary_, saved)}
+    _track(root, params, df, summary_)
+    return {**summary_, "saved": {f"{r:g}": str(p) for r, p in saved.items()}}
 
 
 def _ppf_ppl(df: pd.DataFrame, params: Params, ratio: float) -> dict[str, Any] | None:
@@ -460,9 +460,10 @@ def _ppf_ppl(df: pd.DataFrame, params: Params, ratio: float) -> dict[str, Any] |
 
 
 def save_ppf(root: Path, params: Params, wb: Workbench, ratio: float, perplexity: dict[str, Any] | None = None) -> Path:
-    """Write models/pruned/ppf-<ratio> (rebuilt: cheap, and a cached cell never returns files)."""
+    """Write models/unrecovered/ppf-<ratio>, PPF's model as pruned (rebuilt: cheap, and a cached cell never
+    returns files); the `recover` stage delivers it recovered as models/pruned/ppf-<ratio>."""
     model, info = build(wb, "ppf", ratio)
-    out = Path(root) / "models" / "pruned" / f"ppf-{ratio:g}"
+    out = Path(root) / "models" / "unrecovered" / f"ppf-{ratio:g}"
     extra = {"policy": info["policy"], "target": ratio, "compensation": info["compensation"]}
     if perplexity:
         extra["perplexity"] = perplexity
@@ -470,9 +471,8 @@ def save_ppf(root: Path, params: Params, wb: Workbench, ratio: float, perplexity
     return out
 
 
-def _track(root: Path, params: Params, df: pd.DataFrame, summary_: dict, saved: dict) -> dict:
-    """MLflow: parent run + nested run per cell; the PPF-pruned checkpoints logged and registered."""
-    registered = {}
+def _track(root: Path, params: Params, df: pd.DataFrame, summary_: dict) -> None:
+    """MLflow: parent run + nested run per cell (the `recover` stage registers PPF's delivered models)."""
     with tracking.run(root, params.tracking.experiment, "benchmark",
                       {"benchmark": params.benchmark.model_dump(), "model": params.model.model_dump()},
                       tags={"stage": "benchmark"}):
@@ -486,10 +486,3 @@ def _track(root: Path, params: Params, df: pd.DataFrame, summary_: dict, saved: 
                                "compensation": row["compensation"]},
                               nested=True):
                 tracking.log_metrics({k: v for k, v in row.items() if k not in ("method", "policy", "compensation")})
-                if row["method"] == "ppf" and row["compensation"] == params.pruning.compensation \
-                        and params.benchmark.register_models:
-                    name = f"ppf-pruned-{row['target_ratio']:g}"
-                    registered[name] = tracking.log_and_register(
-                        "pruned", saved[row["target_ratio"]], name, PRUNED,
-                        {"policy": row["policy"], "ppl_test": f"{row['ppl_test']:.4g}", "model": params.model.name})
-    return registered

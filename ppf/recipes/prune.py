@@ -7,6 +7,7 @@ atomically (:func:`ppf.checkpoint.save_pruned`) with the policy, the target and 
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,8 +23,10 @@ from ppf.workbench import Workbench
 
 
 def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
-          progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """`ppf prune`: the dense model pruned with ``policy`` to ``ratio``, saved to ``out`` if given.
+          progress: Callable[[str], None] = lambda msg: None, recover: bool = False) -> dict[str, Any]:
+    """`ppf prune`: the dense model pruned with ``policy`` to ``ratio``, saved to ``out`` if given;
+    with ``recover``, distilled first (:func:`ppf.recipes.recover.recover`: the pruned checkpoint is
+    staged beside ``out`` as ``OUT.unrecovered`` until the recovered one is saved).
 
     Returns a report: actual block and whole-model ratios, parameters before/after, seconds per step.
     Inputs are checked before anything is loaded, and the checkpoint is written atomically.
@@ -55,12 +58,21 @@ def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
     comp = model.ppf_compensation
     times["compensation_s"] = comp["seconds"] + comp.get("statistics_s", 0.0)  # its statistics gathered here, once
     times["prune_s"] = time.perf_counter() - t - times["compensation_s"]
+    recovery = None
     if out is not None:
         t = time.perf_counter()
-        progress(f"saving to {out}")
-        save_pruned(model, wb.tokenizer, out, base=str(wb.name),
+        staged = out.with_name(out.name + ".unrecovered") if recover else out
+        progress(f"saving to {staged}")
+        save_pruned(model, wb.tokenizer, staged, base=str(wb.name),
                     extra={"policy": str(policy), "target": ratio, "compensation": wb.params.pruning.compensation})
         times["save_s"] = time.perf_counter() - t
+        if recover:
+            from ppf.recipes.recover import recover as run_recover
+
+            t = time.perf_counter()
+            recovery = run_recover(wb, staged, out, progress=progress)
+            shutil.rmtree(staged, ignore_errors=True)
+            times["recover_s"] = time.perf_counter() - t
     return {
         "model": str(wb.name), "policy": str(policy), "target_ratio": ratio,
         "actual_block_ratio": plan.block_ratio,
@@ -69,5 +81,5 @@ def prune(wb: Workbench, policy: Policy, ratio: float, out: Path | None,
         "block_params_before": before.block_params, "block_params_after": after.block_params,
         "layer_ratios": plan.layer_ratios(), "out": str(out) if out else None,
         "compensation": wb.params.pruning.compensation, "compensation_inputs": wb.params.pruning.compensation_inputs,
-        "compensation_peak_mb": comp.get("peak_mb"), "seconds": times,
+        "compensation_peak_mb": comp.get("peak_mb"), "seconds": times, "recovery": recovery,
     }

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from ppf.config import load_params
 import yaml
@@ -46,7 +47,7 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
     assert len(windows) == 2 * len(df) and (windows.nll > 0).all()
     assert "95 % interval" in (bench_project / "results" / "benchmark.md").read_text()
     code, out, _ = run_cli(["summary", "--params", str(bench_project / "params.yaml")], capsys)
-    assert code == 0 and "PPF vs the best re-run baseline" in out and "models/pruned/ppf-0.34" in out
+    assert code == 0 and "PPF vs the best re-run baseline" in out and "models/unrecovered/ppf-0.34" in out
     assert any(v in out for v in ("win", "loss", "tie")) and "next:" in out
     assert set(df.method) == {"dense", "llm_pruner", "owl", "alpha", "shortgpt", "blockpruner", "ppf"}
     assert len(df) == 1 + 2 * 6 and (df[df.method == "dense"].actual_ratio == 0).all()  # with and without compensation
@@ -65,15 +66,14 @@ def test_benchmark_runs_every_method_and_resumes(bench_project, monkeypatch, cap
     plain = df.drop(full.index)
     assert len(plain) == 6 and plain.zs_mean.isna().all() and plain.tokens_per_s.isna().all()
     for f in ("results/benchmark.md", "plots/benchmark/ppl.png", "plots/benchmark/zeroshot.png",
-              "plots/benchmark/speed.png", "models/pruned/ppf-0.34/model.safetensors"):
+              "plots/benchmark/speed.png", "models/unrecovered/ppf-0.34/model.safetensors"):
         assert (bench_project / f).stat().st_size > 0
     metrics = json.loads((bench_project / "metrics" / "benchmark.json").read_text())
     assert "best_baseline" in metrics["0.34"] and "ppf_ppl" in metrics["0.34"]
-    assert result["registered"] == {"ppf-pruned-0.34": "1"}
-    from ppf import serving
-
-    model, tok = serving.load_registered_pruned(bench_project, "ppf-pruned-0.34")
-    assert sum(p.numel() for p in model.parameters()) == df[(df.method == "ppf") & (df.compensation == "lsq")].params.iloc[0]
+    assert result["saved"] == {"0.34": str(bench_project / "models" / "unrecovered" / "ppf-0.34")}
+    card = (bench_project / "models" / "unrecovered" / "ppf-0.34" / "README.md").read_text()
+    ppf_ppl = df[(df.method == "ppf") & (df.compensation == "lsq")].ppl_test.iloc[0]
+    assert f"{ppf_ppl:.2f}" in card and "trust_remote_code=True" in card  # the measured perplexity, how to load it
 
     # a rerun takes every cell from the cache: no model is built again
     import ppf.recipes.benchmark as B
@@ -189,3 +189,58 @@ def test_sees_damage_names_the_failing_bar():
     assert sees_damage(-0.80, True) == "**no**: Spearman -0.80 < 0.8"
     assert sees_damage(0.9, False) == "**no**: dense vs shortgpt@0.4 within noise"
     assert sees_damage(float("nan"), False).startswith("**no**: too few scored cells; ")
+
+
+def test_recover_stage_recovers_ppf_and_the_best_baseline_with_one_budget(bench_project, monkeypatch, capsys):
+    """PPF and the best baseline at each ratio recovered alike; paired verdicts, the curve, the delivered
+    (recovered) model registered; a rerun reads the finished cells back; the unrecovered model stays."""
+    from flows.recover import recover_flow
+    from ppf import serving
+    from ppf.checkpoint import load_pruned
+    from ppf.checkpoint.layout import META
+
+    edit_params(bench_project, recover={"baselines": ["best", "owl"]})
+    benchmark_flow("params.yaml", root=str(bench_project))
+    bench = pd.read_csv(bench_project / "results" / "benchmark.csv")
+    from ppf.recipes.benchmark import as_configured
+
+    conf = as_configured(bench, load_params(bench_project / "params.yaml"))
+    best = conf[~conf.method.isin(["ppf", "dense"])].sort_values("ppl_test").method.iloc[0]
+    result = recover_flow("params.yaml", root=str(bench_project))
+    rec = pd.read_csv(bench_project / "results" / "recover.csv")
+    assert list(rec.method) == list(dict.fromkeys(["ppf", best, "owl"]))
+    rp = load_params(bench_project / "params.yaml").recover
+    step = rp.batch_size * rp.accumulation * rp.seqlen  # the budget, rounded up to whole steps
+    assert (rec.budget_tokens == rp.tokens).all() and rec.tokens.between(step, rp.tokens + step - 1).all()
+    assert (rec.tok_s > 0).all()
+    ppf = rec[rec.method == "ppf"].iloc[0]
+    assert ppf.ppl_before == pytest.approx(bench[(bench.method == "ppf") & (bench.compensation == "lsq")].ppl_test.iloc[0],
+                                           rel=1e-4)  # the benchmark's model, measured on the benchmark's windows
+    curve = pd.read_csv(bench_project / "plots" / "recover" / "curve.csv")
+    assert set(curve.method) == set(rec.method) and curve.ppl_test.notna().all()
+    assert (curve.groupby("method").tokens.min() == 0).all()
+    md = (bench_project / "results" / "recover.md").read_text()
+    assert f"{best} recovered" in md and "itself unrecovered" in md and "Spearman" in md
+    assert "ppf_vs_" + best in result["0.34"] and result["registered"] == {"ppf-pruned-0.34": "1"}
+    delivered = bench_project / "models" / "pruned" / "ppf-0.34"
+    meta = json.loads((delivered / META).read_text())
+    assert meta["extra"]["recovery"]["tokens"] == ppf.tokens
+    assert meta["extra"]["perplexity"]["value"] == pytest.approx(ppf.ppl_after)
+    assert "distilled from" in (delivered / "README.md").read_text()
+    served, _ = serving.load_registered_pruned(bench_project, "ppf-pruned-0.34")
+    mine, _ = load_pruned(delivered)
+    x = torch.randint(0, 50, (1, 8))
+    assert torch.equal(served(x).logits, mine(x).logits)  # the registered model is the recovered one
+    assert (bench_project / "models" / "unrecovered" / "ppf-0.34" / "model.safetensors").exists()
+    code, out, _ = run_cli(["summary", "--params", str(bench_project / "params.yaml")], capsys)
+    assert code == 0 and "models/pruned/ppf-0.34" in out and "recovered 0.34: PPF" in out
+
+    import ppf.recover as PR
+
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was recovered again")
+
+    monkeypatch.setattr(PR, "distill", boom)
+    monkeypatch.setattr("ppf.recipes.recover.distill", boom)
+    again = recover_flow("params.yaml", root=str(bench_project))
+    assert again["0.34"] == {k: v for k, v in result.items() if k != "registered"}["0.34"]

@@ -16,7 +16,7 @@ def test_the_pipeline_runs_end_to_end_and_reruns_from_cache(tiny_project, monkey
                                          "new_tokens": 2})
     first = pipeline_flow("params.yaml", root=str(tiny_project))
     assert list(first["seconds"]) == ["prepare", "dense_eval", "importance", "collect", "train_predictor",
-                                      "active", "train_agent", "benchmark"]
+                                      "active", "train_agent", "benchmark", "recover"]
     # active learning: rounds of real evaluations of the predictor's proposals, none a dataset row
     import json
 
@@ -32,10 +32,11 @@ def test_the_pipeline_runs_end_to_end_and_reruns_from_cache(tiny_project, monkey
     assert (tiny_project / "models" / "predictor_active" / "predictor.safetensors").stat().st_size > 0
     assert (tiny_project / "plots" / "active" / "curve.png").stat().st_size > 0
     for f in ("data/masks/samples.parquet", "models/predictor/predictor.safetensors", "models/agent/agent.safetensors",
-              "results/agent_validation.csv", "results/benchmark.csv", "metrics/benchmark.json"):
+              "results/agent_validation.csv", "results/benchmark.csv", "metrics/benchmark.json", "results/recover.md",
+              "models/pruned/ppf-0.34/model.safetensors"):
         assert (tiny_project / f).stat().st_size > 0, f
 
-    # second run: no sample, judged policy or benchmark cell is computed again
+    # second run: no sample, judged policy, benchmark cell or recovery is computed again
     import ppf.recipes.validation as validation
     import ppf.recipes.benchmark as bench
     from ppf.recipes import collect as collect_lib
@@ -46,7 +47,8 @@ def test_the_pipeline_runs_end_to_end_and_reruns_from_cache(tiny_project, monkey
     monkeypatch.setattr(collect_lib, "evaluate", boom)
     monkeypatch.setattr(validation, "judge", boom)
     monkeypatch.setattr(bench, "evaluate", boom)
-    pipeline_flow("params.yaml", root=str(tiny_project), stages=["collect", "train_agent", "benchmark"])
+    monkeypatch.setattr("ppf.recipes.recover.distill", boom)
+    pipeline_flow("params.yaml", root=str(tiny_project), stages=["collect", "train_agent", "benchmark", "recover"])
 
 
 def test_an_unknown_stage_is_refused(tiny_project):

@@ -59,6 +59,29 @@ def test_prune_hits_the_ratio_and_saves_a_loadable_checkpoint(project, tiny_mode
     assert list((Path(ppf.paths.cache_dir()) / "importance").glob("*.json"))
 
 
+def test_prune_out_delivers_the_recovered_model_and_no_recover_the_pruned_one(project, tiny_model_dir, capsys):
+    import torch
+
+    import ppf
+    from ppf.checkpoint.layout import META
+
+    outs = {}
+    for flag in ("--recover", "--no-recover"):
+        out = outs[flag] = project / f"pruned{flag}"
+        code, stdout, _ = run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.3", "--out", str(out), flag, "--json"],
+                              capsys)
+        assert code == 0 and not out.with_name(out.name + ".unrecovered").exists()
+        recovery = json.loads(stdout)["recovery"]
+        extra = json.loads((out / META).read_text())["extra"]
+        assert (recovery is None) == (flag == "--no-recover") == ("recovery" not in extra)
+    rec = json.loads((outs["--recover"] / META).read_text())["extra"]
+    assert rec["perplexity"]["value"] <= rec["perplexity_before"]["value"] * 1.05  # best-valid weights, not worse
+    a, _ = ppf.load_pruned(outs["--recover"])
+    b, _ = ppf.load_pruned(outs["--no-recover"])
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]  # the same plan, trained weights
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
 def test_eval_reports_perplexity_and_js_against_the_base(project, tiny_model_dir, capsys):
     out = project / "pruned"
     assert run(["prune", "--model", str(tiny_model_dir), "--ratio", "0.4", "--out", str(out)], capsys)[0] == 0
