@@ -428,7 +428,7 @@ class RecoverParams(Section):
     tokens: int = Field(100_000, gt=0, description="the budget: training tokens per model")
     minutes: float | None = Field(None, gt=0, description="also stop after this many minutes of training (a run "
                                   "cut by the clock is not reproducible; null = the token budget only)")
-    lr: float = Field(5e-5, gt=0, description="AdamW's peak learning rate")
+    lr: float = Field(2e-4, gt=0, description="AdamW's peak learning rate")
     warmup: float = Field(0.05, ge=0, lt=1, description="share of the steps with a linear warm-up, then cosine")
     lr_final: float = Field(0.1, ge=0, le=1, description="the last step's learning rate, as a share of lr")
     weight_decay: float = Field(0.0, ge=0)

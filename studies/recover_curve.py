@@ -11,7 +11,7 @@ with the stage's own tables (recovered PPF vs each recovered baseline paired, ra
 Run (in a project after `dvc repro importance`):
   python studies/recover_curve.py --policy 0.4=bi:0.035218,norm=rank,keep=6:0,layers=6,attn=0.0 [--ratios ...]
   python studies/recover_curve.py --set '{"train": "lora", "lr": 1e-4}' --tag _lora --only ppf-0.5 ...
-  python studies/recover_curve.py --report [--tag _lora]
+  python studies/recover_curve.py --report [--tag _lora --set '{"train": "lora", "lr": 1e-4}']
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def row(name: str, ratio: float, rep: dict, policy: str | None, wall: float) -> 
             "nll_before": before["nll_windows"], "nll_after": after["nll_windows"]}
 
 
-def report(tag: str) -> None:
-    params = load_params(ROOT / "params.yaml")
+def report(tag: str, overrides: str = "{}") -> None:
+    params = overridden(load_params(ROOT / "params.yaml"), "--set", recover=json.loads(overrides))
     rows = [json.loads(line) for line in (OUT / f"recover_curve{tag}.jsonl").read_text().splitlines() if line]
     bench = ROOT / "results" / "benchmark.csv"
     dense_rows = pd.read_csv(bench).query("method == 'dense'") if bench.exists() else pd.DataFrame()
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
     if a.report:
-        return report(a.tag)
+        return report(a.tag, a.set)
     policies = {float(k): v for k, v in (p.split("=", 1) for p in a.policy)}
     params = overridden(load_params(ROOT / "params.yaml"), "--set", recover=json.loads(a.set))
     wb = Workbench(ROOT, params)
@@ -102,7 +102,7 @@ def main() -> None:
                             progress=print)
             with lines.open("a") as f:
                 f.write(json.dumps(row(name, ratio, rep, policies.get(ratio), time.time() - t)) + "\n")
-    report(a.tag)
+    report(a.tag, a.set)
 
 
 if __name__ == "__main__":
