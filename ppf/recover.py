@@ -227,23 +227,23 @@ def distill(student: nn.Module, targets: TeacherTargets, windows: torch.Tensor, 
     opt = torch.optim.AdamW(list(params.values()), lr=rp.lr, weight_decay=rp.weight_decay)
     digest = config_digest(rp, student_id, targets)
     device = _device(model)
-    v0 = valid_perplexity(model, valid)
-    point0 = {"step": 0, "tokens": 0, "ppl_valid": v0} | (probe(model) if probe else {})
-    rec: dict[str, Any] = {"curve": [point0], "losses": [], "best_step": 0,
-                           "best_ppl_valid": v0, "resumed_from": None, "stopped": "budget"}
-    best = {n: p.detach().clone() for n, p in params.items()}
-    start, checks_since_best, seconds = 0, 0, 0.0
     path = None if state_dir is None else Path(state_dir) / STATE
-    if path is not None and path.is_file():
-        st = torch.load(path, weights_only=False)
-        if st.get("digest") == digest:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(st["params"][n])
-            opt.load_state_dict(st["optimizer"])
-            best = st["best"]
-            rec, start, checks_since_best, seconds = st["record"], st["step"], st["checks_since_best"], st["seconds"]
-            rec["resumed_from"] = start
+    st = torch.load(path, weights_only=False) if path is not None and path.is_file() else None
+    if st is not None and st.get("digest") == digest:  # resume: the step-0 measurements are in its record
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(st["params"][n])
+        opt.load_state_dict(st["optimizer"])
+        best = st["best"]
+        rec, start, checks_since_best, seconds = st["record"], st["step"], st["checks_since_best"], st["seconds"]
+        rec["resumed_from"] = start
+    else:
+        v0 = valid_perplexity(model, valid)
+        point0 = {"step": 0, "tokens": 0, "ppl_valid": v0} | (probe(model) if probe else {})
+        rec = {"curve": [point0], "losses": [], "best_step": 0, "best_ppl_valid": v0, "resumed_from": None,
+               "stopped": "budget"}
+        best = {n: p.detach().clone() for n, p in params.items()}
+        start, checks_since_best, seconds = 0, 0, 0.0
     model.train()
     t0 = time.perf_counter() - seconds
     for step in range(start, steps):

@@ -50,18 +50,6 @@ def build(wb: Workbench, name: str, ratio: float, policy: str | None) -> Path:
     return src
 
 
-def row(name: str, ratio: float, rep: dict, policy: str | None, wall: float) -> dict:
-    rec, before, after = rep["recovery"], rep["ppl_before"], rep["ppl_after"]
-    return {"method": name, "target_ratio": ratio, "policy": policy, "out": rep["out"],
-            "ppl_before": before["value"], "ppl_before_ci_lo": before["ci_lo"], "ppl_before_ci_hi": before["ci_hi"],
-            "ppl_after": after["value"], "ppl_after_ci_lo": after["ci_lo"], "ppl_after_ci_hi": after["ci_hi"],
-            "tokens": rec["tokens"], "budget_tokens": rec["budget_tokens"], "best_step": rec["best_step"],
-            "stopped": rec["stopped"], "best_ppl_valid": rec["best_ppl_valid"], "tok_s": rec["tok_s"],
-            "train_s": rec["seconds"], "teacher_s": rec["teacher_s"], "seconds": rep["seconds"], "wall_s": wall,
-            "trained": rec["trained"], "trainable_params": rec["trainable_params"], "curve": rec["curve"],
-            "nll_before": before["nll_windows"], "nll_after": after["nll_windows"]}
-
-
 def report(tag: str, overrides: str = "{}") -> None:
     params = overridden(load_params(ROOT / "params.yaml"), "--set", recover=json.loads(overrides))
     rows = [json.loads(line) for line in (OUT / f"recover_curve{tag}.jsonl").read_text().splitlines() if line]
@@ -101,7 +89,7 @@ def main() -> None:
             rep = R.recover(wb, src, ROOT / R.CACHE / "study" / f"{name}-{ratio:g}{a.tag}.recovered", curve=True,
                             progress=print)
             with lines.open("a") as f:
-                f.write(json.dumps(row(name, ratio, rep, policies.get(ratio), time.time() - t)) + "\n")
+                f.write(json.dumps(R.cell_row(name, ratio, policies.get(ratio), rep) | {"wall_s": time.time() - t}) + "\n")
     report(a.tag, a.set)
 
 

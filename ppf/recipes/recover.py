@@ -172,6 +172,20 @@ def cell_key(root: Path, params: Params, method: str, ratio: float, context: str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def cell_row(method: str, ratio: float, policy: str | None, rep: dict[str, Any]) -> dict[str, Any]:
+    """One recovered cell as the stage's tables read it: :func:`recover`'s report flattened, with the curve
+    and the per-window test NLL before and after."""
+    rec, before, after = rep["recovery"], rep["ppl_before"], rep["ppl_after"]
+    return {"method": method, "target_ratio": ratio, "policy": policy, "out": rep["out"],
+            "ppl_before": before["value"], "ppl_before_ci_lo": before["ci_lo"], "ppl_before_ci_hi": before["ci_hi"],
+            "ppl_after": after["value"], "ppl_after_ci_lo": after["ci_lo"], "ppl_after_ci_hi": after["ci_hi"],
+            "tokens": rec["tokens"], "budget_tokens": rec["budget_tokens"], "best_step": rec["best_step"],
+            "stopped": rec["stopped"], "best_ppl_valid": rec["best_ppl_valid"], "tok_s": rec["tok_s"],
+            "train_s": rec["seconds"], "teacher_s": rec["teacher_s"], "seconds": rep["seconds"],
+            "trained": rec["trained"], "trainable_params": rec["trainable_params"],
+            "curve": rec["curve"], "nll_before": before["nll_windows"], "nll_after": after["nll_windows"]}
+
+
 def stage_cell(root: Path, wb: Workbench, method: str, ratio: float, context: str,
                progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """One recovered cell: recovered into the cache (resumable; a finished cell is read back, not rerun),
@@ -184,15 +198,7 @@ def stage_cell(root: Path, wb: Workbench, method: str, ratio: float, context: st
     src = _input(root, wb, method, ratio, context)
     rep = recover(wb, src, out, progress=progress, curve=wb.params.recover.curve)
     meta = _read_json(src / META, "the checkpoint's ppf.json")
-    rec, before, after = rep["recovery"], rep["ppl_before"], rep["ppl_after"]
-    row = {"method": method, "target_ratio": ratio, "policy": (meta.get("extra") or {}).get("policy"), "out": str(out),
-           "ppl_before": before["value"], "ppl_before_ci_lo": before["ci_lo"], "ppl_before_ci_hi": before["ci_hi"],
-           "ppl_after": after["value"], "ppl_after_ci_lo": after["ci_lo"], "ppl_after_ci_hi": after["ci_hi"],
-           "tokens": rec["tokens"], "budget_tokens": rec["budget_tokens"], "best_step": rec["best_step"],
-           "stopped": rec["stopped"], "best_ppl_valid": rec["best_ppl_valid"], "tok_s": rec["tok_s"],
-           "train_s": rec["seconds"], "teacher_s": rec["teacher_s"], "seconds": rep["seconds"],
-           "trained": rec["trained"], "trainable_params": rec["trainable_params"],
-           "curve": rec["curve"], "nll_before": before["nll_windows"], "nll_after": after["nll_windows"]}
+    row = cell_row(method, ratio, (meta.get("extra") or {}).get("policy"), rep)
     write_json_atomic(done, row)
     return row
 
